@@ -1,0 +1,1 @@
+"""spotify-genre: the pipeline's stages (one module each) and the shared modules they stand on."""

@@ -1,0 +1,163 @@
+"""The typed model of params.yaml. Every stage loads it whole, first, so a typo fails before any work."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stages.errors import ParamsError
+from stages.schema import PLAYLIST_FIELDS
+
+PARAMS_FILE = Path("params.yaml")
+
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataParams(_Section):
+    source: Literal["auto", "kaggle", "url", "file", "synthetic"]
+    external_dir: str
+    path: str
+    kaggle_dataset: Annotated[str, Field(pattern=r"^[\w.-]+/[\w.-]+$")]
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None
+    timeout_s: Annotated[float, Field(gt=0.0, le=600.0)]
+    retries: Annotated[int, Field(ge=0, le=10)]
+    synthetic_rows: Annotated[int, Field(ge=60)]
+    synthetic_seed: NonNegativeInt
+
+
+class SplitParams(_Section):
+    val_size: Fraction
+    test_size: Fraction
+    seed: NonNegativeInt
+    missing: Literal["drop", "impute"]
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> SplitParams:
+        if self.val_size + self.test_size >= 0.9:
+            raise ValueError("val_size + test_size must leave at least 10% of the songs for training")
+        return self
+
+
+class SelectParams(_Section):
+    candidates: Annotated[list[str], Field(min_length=1)]
+    k: PositiveInt | None
+    max_p_value: Annotated[float, Field(gt=0.0, le=1.0)]
+    min_eta_squared: Annotated[float, Field(ge=0.0, lt=1.0)]
+
+    @field_validator("candidates")
+    @classmethod
+    def _known_and_safe(cls, candidates: list[str]) -> list[str]:
+        from stages.features import CANDIDATE_FEATURES
+
+        for name in candidates:
+            if name in PLAYLIST_FIELDS:
+                raise ValueError(f"{name!r} is a playlist field: it determines the genre and must never be a model input")
+            if name not in CANDIDATE_FEATURES:
+                raise ValueError(f"unknown feature {name!r}; candidates are {', '.join(CANDIDATE_FEATURES)}")
+        if len(set(candidates)) != len(candidates):
+            raise ValueError("a feature is listed twice")
+        return candidates
+
+
+class PreprocessParams(_Section):
+    categorical: Literal["onehot", "ordinal"]
+    scaler: Literal["standard", "robust"]
+    log_transform: list[str]
+
+    @field_validator("log_transform")
+    @classmethod
+    def _known_numeric(cls, names: list[str]) -> list[str]:
+        from stages.features import CATEGORICAL_FEATURES, CANDIDATE_FEATURES
+
+        for name in names:
+            if name not in CANDIDATE_FEATURES or name in CATEGORICAL_FEATURES:
+                raise ValueError(f"{name!r} is not a numeric candidate feature")
+        return names
+
+
+class TrainParams(_Section):
+    max_epochs: PositiveInt
+    patience: PositiveInt
+    min_delta: Annotated[float, Field(ge=0.0)]
+    weight_decay: Annotated[float, Field(ge=0.0)]
+    hidden_sizes: Annotated[list[PositiveInt], Field(min_length=1)]
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
+    schedule: Literal["plateau", "cosine", "step", "none"]
+    step_size: PositiveInt
+    gamma: Annotated[float, Field(gt=0.0, le=1.0)]
+    plateau_patience: NonNegativeInt
+    seed: NonNegativeInt
+    device: Literal["auto", "cpu", "cuda"]
+    threads: PositiveInt
+
+
+class EvaluateParams(_Section):
+    baselines: list[Literal["majority", "hist_gradient_boosting", "random_forest"]]
+    seed: NonNegativeInt
+
+
+class Params(_Section):
+    lr: Annotated[float, Field(gt=0.0, le=10.0)]
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)]
+    batch_size: PositiveInt
+    data: DataParams
+    split: SplitParams
+    select: SelectParams
+    preprocess: PreprocessParams
+    train: TrainParams
+    evaluate: EvaluateParams
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = re.sub(r"^Value error, ", "", first["msg"])
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif first["type"] == "missing":
+        message = "missing key"
+    elif "input" in first and not isinstance(first["input"], (dict, list)):
+        message += f" (got {first['input']!r})"
+    more = len(error.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {key}: {message}{suffix}"
+
+
+def parse_params(raw: object, source: str = "params.yaml") -> Params:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of keys to values at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(_describe(error, source)) from None
+
+
+def load_params(path: str | os.PathLike = PARAMS_FILE) -> Params:
+    """Read and validate the whole of params.yaml."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found (run from the repository root)") from None
+    except UnicodeDecodeError:
+        raise ParamsError(f"{path}: not UTF-8 text") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise ParamsError(f"{path}: YAML syntax error{where}: {problem}") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,200 @@
+"""The raw-data schema: one definition of a song row, shared by every stage and tool that reads songs."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from typing import IO
+
+import numpy as np
+import pandas as pd
+
+from stages.errors import DataError
+
+GENRES = ("edm", "latin", "pop", "r&b", "rap", "rock")
+LABEL = "playlist_genre"
+TRACK_ID = "track_id"
+RELEASE_DATE = "track_album_release_date"
+PLAYLIST_FIELDS = ("playlist_name", "playlist_id", "playlist_subgenre")
+RELEASE_DATE_PATTERN = r"^\d{4}(-\d{2}(-\d{2})?)?$"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: str  # "text", "int", "float", "date" or "label"
+    nullable: bool = False
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind in ("int", "float")
+
+    def expectation(self) -> str:
+        what = "an integer" if self.kind == "int" else "a number"
+        if self.low is not None and self.high is not None:
+            return f"{what} in [{self.low:g}, {self.high:g}]"
+        if self.low is not None:
+            return f"{what} >= {self.low:g}"
+        return what
+
+
+COLUMNS = (
+    Column("track_id", "text"),
+    Column("track_name", "text", nullable=True),
+    Column("track_artist", "text", nullable=True),
+    Column("track_popularity", "int", low=0, high=100),
+    Column("track_album_id", "text", nullable=True),
+    Column("track_album_name", "text", nullable=True),
+    Column(RELEASE_DATE, "date", nullable=True),
+    Column("playlist_name", "text", nullable=True),
+    Column("playlist_id", "text", nullable=True),
+    Column(LABEL, "label"),
+    Column("playlist_subgenre", "text", nullable=True),
+    Column("danceability", "float", low=0, high=1),
+    Column("energy", "float", low=0, high=1),
+    Column("key", "int", low=-1, high=11),
+    Column("loudness", "float", low=-80, high=10),
+    Column("mode", "int", low=0, high=1),
+    Column("speechiness", "float", low=0, high=1),
+    Column("acousticness", "float", low=0, high=1),
+    Column("instrumentalness", "float", low=0, high=1),
+    Column("liveness", "float", low=0, high=1),
+    Column("valence", "float", low=0, high=1),
+    Column("tempo", "float", low=0, high=300),
+    Column("duration_ms", "int", low=1),
+)
+COLUMN_NAMES = tuple(column.name for column in COLUMNS)
+BY_NAME = {column.name: column for column in COLUMNS}
+AUDIO_FEATURES = (
+    "danceability", "energy", "key", "loudness", "mode", "speechiness",
+    "acousticness", "instrumentalness", "liveness", "valence", "tempo", "duration_ms",
+)
+# What a song needs for prediction: no label, no playlist fields.
+INPUT_COLUMNS = ("track_popularity", RELEASE_DATE, *AUDIO_FEATURES)
+
+
+def _dtypes(names) -> dict[str, str]:
+    return {name: ("float64" if BY_NAME[name].numeric else "str") for name in names if name in BY_NAME}
+
+
+def _check_header(header: list[str], required: tuple[str, ...], where: str, allow_extra: bool) -> None:
+    if len(header) == 1 and any(sep in header[0] for sep in (";", "\t", "|")):
+        raise DataError(f"{where}: the header has one column; expected comma-separated values (wrong delimiter?)")
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise DataError(f"{where}: column {duplicated[0]!r} appears more than once in the header")
+    missing = [name for name in required if name not in header]
+    extra = [name for name in header if name not in BY_NAME]
+    if missing:
+        hint = f" (found unexpected {extra[0]!r}: renamed?)" if extra else ""
+        raise DataError(f"{where}: missing column {missing[0]!r}{hint}")
+    if extra and not allow_extra:
+        raise DataError(f"{where}: unexpected column {extra[0]!r}; expected exactly the {len(COLUMNS)} columns of the schema")
+
+
+def read_songs(source: str | IO[bytes], where: str, *, required: tuple[str, ...] = COLUMN_NAMES,
+               allow_extra: bool = False) -> pd.DataFrame:
+    """Parse a songs CSV (a path or a binary stream): header and cell types. Values are checked by row_problems."""
+    data = source.read() if hasattr(source, "read") else open(source, "rb").read()
+    if not data.strip():
+        raise DataError(f"{where}: empty file; expected a CSV with a header and song rows")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{where}: not UTF-8 text (undecodable byte at offset {error.start})") from None
+    if "\x00" in text:
+        raise DataError(f"{where}: binary data (NUL bytes), not a CSV")
+    header = next(csv.reader(io.StringIO(text[: text.find("\n") if "\n" in text else len(text)])), [])
+    header = [name.strip().lstrip("\ufeff") for name in header]
+    _check_header(header, required, where, allow_extra)
+    kept = [name for name in header if name in BY_NAME]
+    try:
+        frame = pd.read_csv(io.StringIO(text), usecols=kept, dtype=_dtypes(kept), keep_default_na=False,
+                            na_values={name: [""] for name in kept}, skipinitialspace=False)
+    except ValueError:
+        frame = _read_as_text_and_locate(text, kept, where)
+    except pd.errors.ParserError as error:
+        raise DataError(f"{where}: malformed CSV ({str(error).strip().splitlines()[-1]})") from None
+    if frame.empty:
+        raise DataError(f"{where}: header only, no song rows")
+    return frame
+
+
+def _read_as_text_and_locate(text: str, kept: list[str], where: str) -> pd.DataFrame:
+    """Slow path, taken only when a numeric cell does not parse: find and name the first bad cell."""
+    raw = pd.read_csv(io.StringIO(text), usecols=kept, dtype=str, keep_default_na=False)
+    header_rows = (raw[kept] == pd.Series(kept, index=kept)).all(axis=1)
+    if header_rows.any():
+        raise DataError(f"{where}: line {int(np.flatnonzero(header_rows)[0]) + 2} repeats the header inside the data")
+    for name in kept:
+        if not BY_NAME[name].numeric:
+            continue
+        cells = raw[name].str.strip()
+        parsed = pd.to_numeric(cells.where(cells != ""), errors="coerce")
+        bad = parsed.isna() & (cells != "")
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(f"{where}: line {row + 2}, column {name!r}: {cells.iloc[row]!r} is not a number")
+    raise DataError(f"{where}: a numeric column could not be parsed")
+
+
+def row_problems(frame: pd.DataFrame, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Every invalid cell as (row, column, reason), row being the 0-based position in `frame`."""
+    names = [name for name in (columns or frame.columns) if name in BY_NAME and name in frame.columns]
+    found: list[pd.DataFrame] = []
+
+    def flag(mask, name: str, reason: str) -> None:
+        rows = np.flatnonzero(np.asarray(mask, dtype=bool))
+        if rows.size:
+            found.append(pd.DataFrame({"row": rows, "column": name, "reason": reason}))
+
+    for name in names:
+        column, values = BY_NAME[name], frame[name]
+        missing = values.isna().to_numpy()
+        if not column.nullable:
+            flag(missing, name, "missing value")
+        present = ~missing
+        if column.numeric:
+            numbers = values.to_numpy(dtype="float64", na_value=np.nan)
+            out = np.zeros(len(values), dtype=bool)
+            if column.low is not None:
+                out |= numbers < column.low
+            if column.high is not None:
+                out |= numbers > column.high
+            out |= ~np.isfinite(numbers) & present
+            if column.kind == "int":
+                out |= present & np.isfinite(numbers) & (numbers != np.round(numbers))
+            flag(out & present, name, f"expected {column.expectation()}")
+        elif column.kind == "label":
+            flag(present & ~values.isin(GENRES).to_numpy(), name, f"unknown genre; expected one of {', '.join(GENRES)}")
+        elif column.kind == "date":
+            well_formed = values.astype("str").str.fullmatch(RELEASE_DATE_PATTERN).to_numpy(dtype=bool, na_value=False)
+            flag(present & ~well_formed, name, "expected a date as YYYY, YYYY-MM or YYYY-MM-DD")
+        elif name == TRACK_ID:
+            flag(present & (values.astype("str").str.strip() == "").to_numpy(), name, "empty track id")
+    if not found:
+        return pd.DataFrame({"row": pd.Series(dtype="int64"), "column": pd.Series(dtype="str"),
+                             "reason": pd.Series(dtype="str")})
+    return pd.concat(found, ignore_index=True).sort_values(["row", "column"], kind="stable", ignore_index=True)
+
+
+def describe_problem(problems: pd.DataFrame, frame: pd.DataFrame, where: str) -> str:
+    """The first problem as one line: file, line, column, value, expectation, and how many rows in all."""
+    first = problems.iloc[0]
+    row, name = int(first["row"]), str(first["column"])
+    value = frame[name].iloc[row]
+    shown = "" if pd.isna(value) else f" {value!r}:"
+    rows = problems["row"].nunique()
+    total = f" ({rows} invalid rows in all)" if rows > 1 else ""
+    return f"{where}: line {row + 2}, column {name!r}:{shown} {first['reason']}{total}"
+
+
+def validate_songs(frame: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Raise DataError naming the first invalid cell; return the frame with columns in schema order."""
+    problems = row_problems(frame)
+    if not problems.empty:
+        raise DataError(describe_problem(problems, frame, where))
+    return frame[[name for name in COLUMN_NAMES if name in frame.columns]]

@@ -1,0 +1,114 @@
+"""Shared fixtures: the repository's paths, the real dataset when present, and throwaway DVC projects."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+REAL_ZIP_CANDIDATES = (
+    ROOT / "data" / "external" / "30000-spotify-songs.zip",
+    ROOT.parent / "shared" / "data" / "spotify_songs.zip",
+)
+REAL_CSV_SHA256 = "9902920cfe4940f0914ebb6716801a42f7f19ac88fbd6693eaae7e2822b16845"
+PROJECT_FILES = ("stages", "dvc.yaml", "params.yaml", ".gitignore")
+
+
+def real_zip() -> Path | None:
+    return next((path for path in REAL_ZIP_CANDIDATES if path.is_file()), None)
+
+
+needs_real_data = pytest.mark.skipif(
+    real_zip() is None, reason="the real dataset is absent (expected at ../shared/data/spotify_songs.zip)"
+)
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    """The environment for child processes: this venv's tools first, no real Kaggle credentials."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAGGLE_", "AWS_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONHASHSEED"] = "0"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    env.update(extra)
+    return env
+
+
+def run(args: list[str] | str, cwd: Path, *, check: bool = True, env: dict[str, str] | None = None,
+        timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command, capture its output, and on an unexpected exit code fail with that output."""
+    result = subprocess.run(args, cwd=cwd, env=env or tool_env(), capture_output=True, text=True,
+                            timeout=timeout, shell=isinstance(args, str), **kwargs)
+    if check and result.returncode != 0:
+        pytest.fail(f"{args} exited {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
+    return result
+
+
+def default_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def with_overrides(params: dict, overrides: dict[str, object]) -> dict:
+    """A copy of params with dotted keys replaced, e.g. {"train.max_epochs": 5}."""
+    params = copy.deepcopy(params)
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return params
+
+
+def write_params(repo: Path, overrides: dict[str, object]) -> None:
+    params = with_overrides(yaml.safe_load((repo / "params.yaml").read_text()), overrides)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+# Small and quick: a synthetic dataset and a short training run.
+SYNTHETIC_OVERRIDES = {
+    "data.source": "synthetic",
+    "data.synthetic_rows": 3000,
+    "train.max_epochs": 8,
+    "evaluate.baselines": ["majority", "hist_gradient_boosting"],
+}
+
+
+def make_project(dest: Path, overrides: dict[str, object] | None = None) -> Path:
+    """A fresh Git + DVC repository holding the pipeline, with params overridden, committed."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, dest / name)
+    write_params(dest, overrides or {})
+    run(["git", "init", "-q", "-b", "main"], dest)
+    run(["git", "config", "user.email", "tests@example.invalid"], dest)
+    run(["git", "config", "user.name", "tests"], dest)
+    run(["dvc", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-q", "-m", "pipeline"], dest)
+    return dest
+
+
+@pytest.fixture
+def synthetic_project(tmp_path: Path) -> Path:
+    """A temporary DVC project set to run the whole pipeline on small synthetic data."""
+    return make_project(tmp_path / "project", SYNTHETIC_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def synthetic_songs_small():
+    from stages.synthetic import synthetic_songs
+
+    return synthetic_songs(3000, seed=0)
