@@ -104,7 +104,8 @@ def read_songs(source: str | IO[bytes], where: str, *, required: tuple[str, ...]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise DataError(f"{where}: not UTF-8 text (undecodable byte at offset {error.start})") from None
+        line = data.count(b"\n", 0, error.start) + 1
+        raise DataError(f"{where}: line {line}: not UTF-8 text (undecodable byte at offset {error.start})") from None
     if "\x00" in text:
         raise DataError(f"{where}: binary data (NUL bytes), not a CSV")
     header = next(csv.reader(io.StringIO(text[: text.find("\n") if "\n" in text else len(text)])), [])
@@ -186,6 +187,7 @@ def describe_problem(problems: pd.DataFrame, frame: pd.DataFrame, where: str) ->
     first = problems.iloc[0]
     row, name = int(first["row"]), str(first["column"])
     value = frame[name].iloc[row]
+    value = value.item() if isinstance(value, np.generic) else value  # 1.7, not np.float64(1.7)
     shown = "" if pd.isna(value) else f" {value!r}:"
     rows = problems["row"].nunique()
     total = f" ({rows} invalid rows in all)" if rows > 1 else ""
