@@ -1,0 +1,95 @@
+"""Fit the preprocessor on the training split, apply it to all three splits, and save it as JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from stages.errors import DataError, exits_cleanly
+from stages.features import CANDIDATE_FEATURES, candidate_features
+from stages.params import PreprocessParams, load_params
+from stages.preprocessing import Preprocessor, encode_labels, fit_preprocessor, save_preprocessor
+from stages.processed import SPLITS, ProcessedSplit, processed_path, write_processed
+from stages.schema import COLUMN_NAMES, LABEL, TRACK_ID
+
+SPLIT_DIR = Path("data/split")
+SPLIT_REPORT = Path("reports/split.json")
+ANOVA_REPORT = Path("reports/anova.json")
+PREPROCESSOR = Path("models/preprocessor.json")
+
+
+def preprocess_splits(splits: dict[str, pd.DataFrame], selected: list[str], params: PreprocessParams,
+                      data_sha256: str) -> tuple[Preprocessor, dict[str, ProcessedSplit]]:
+    """Fit on splits['train'] alone, then transform every split with what was learned there."""
+    pre = fit_preprocessor(candidate_features(splits["train"], selected), params, data_sha256=data_sha256)
+    processed = {
+        name: ProcessedSplit(
+            features=pre.transform(candidate_features(songs, selected)),
+            labels=encode_labels(songs[LABEL]),
+            track_ids=songs[TRACK_ID].to_numpy(dtype=str),
+            feature_names=pre.output_features,
+        )
+        for name, songs in splits.items()
+    }
+    return pre, processed
+
+
+def _read_json(path: Path, produced_by: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run `dvc repro {produced_by}` first") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise DataError(f"{path}: not valid JSON; run `dvc repro {produced_by}` again") from None
+
+
+def _selected_features(anova: Any) -> list[str]:
+    selected = anova.get("selected") if isinstance(anova, dict) else None
+    if (not isinstance(selected, list) or not selected
+            or not all(isinstance(name, str) and name in CANDIDATE_FEATURES for name in selected)):
+        raise DataError(f"{ANOVA_REPORT}: 'selected' must be a non-empty list of candidate features; "
+                        "run `dvc repro select` again")
+    return selected
+
+
+def _data_sha256(report: Any) -> str:
+    sha = report.get("raw_sha256") if isinstance(report, dict) else None
+    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise DataError(f"{SPLIT_REPORT}: no 'raw_sha256'; run `dvc repro split` again")
+    return sha
+
+
+def _read_split(name: str) -> pd.DataFrame:
+    path = SPLIT_DIR / f"{name}.parquet"
+    try:
+        songs = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run `dvc repro split` first") from None
+    absent = [column for column in COLUMN_NAMES if column not in songs.columns]
+    if absent:
+        raise DataError(f"{path}: missing column {absent[0]!r}; run `dvc repro split` again")
+    return songs
+
+
+@exits_cleanly
+def main(argv: list[str] | None = None) -> int:
+    params = load_params()
+    selected = _selected_features(_read_json(ANOVA_REPORT, "select"))
+    data_sha256 = _data_sha256(_read_json(SPLIT_REPORT, "split"))
+    splits = {name: _read_split(name) for name in SPLITS}
+    pre, processed = preprocess_splits(splits, selected, params.preprocess, data_sha256)
+    for name, split in processed.items():
+        write_processed(processed_path(name), split)
+    save_preprocessor(PREPROCESSOR, pre)
+    print(f"preprocess: {len(pre.input_features)} features -> {len(pre.output_features)} model inputs; "
+          + ", ".join(f"{name} {len(split.labels)} rows" for name, split in processed.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""One-way ANOVA F-test of each candidate feature against the genre, on the training split only."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.feature_selection import f_classif
+
+from stages.errors import DataError, ParamsError, exits_cleanly
+from stages.features import candidate_features
+from stages.files import write_json, write_text
+from stages.params import SelectParams, load_params
+from stages.schema import COLUMN_NAMES, LABEL
+
+TRAIN_SPLIT = Path("data/split/train.parquet")
+REPORT = Path("reports/anova.json")
+PLOT = Path("reports/plots/anova.csv")
+MISSING_VALUES = "imputed with the training median of the feature before the F-test"
+
+
+def significant(value: float, digits: int = 6) -> float:
+    """`value` rounded to `digits` significant digits, so the report's bytes do not hang on the last bits."""
+    return float(f"{value:.{digits}g}")
+
+
+def impute_median(features: pd.DataFrame) -> pd.DataFrame:
+    return features.fillna(features.median())
+
+
+def eta_squared(values: np.ndarray, labels: np.ndarray) -> float:
+    """Between-group sum of squares over total sum of squares: the share of variance the genre explains."""
+    deviations = values - values.mean()
+    total = float(deviations @ deviations)
+    if total == 0.0:
+        return 0.0
+    groups = pd.Series(values).groupby(labels)
+    between = float((groups.size() * (groups.mean() - values.mean()) ** 2).sum())
+    return between / total
+
+
+def anova_table(features: pd.DataFrame, labels: pd.Series) -> pd.DataFrame:
+    """F statistic, p-value and eta squared of every column (no missing values) against the labels.
+
+    A constant column explains nothing: it gets F = 0, p = 1 and eta squared = 0 instead of NaN.
+    """
+    if features.isna().any().any():
+        raise ValueError("impute missing values before the F-test")
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Features .* are constant", category=UserWarning)
+        f_statistic, p_value = f_classif(features.to_numpy(dtype=np.float64), labels.to_numpy())
+    undefined = ~np.isfinite(f_statistic)
+    return pd.DataFrame({
+        "feature": list(features.columns),
+        "f_statistic": np.where(undefined, 0.0, f_statistic),
+        "p_value": np.where(undefined, 1.0, p_value),
+        "eta_squared": [eta_squared(features[name].to_numpy(dtype=np.float64), labels.to_numpy())
+                        for name in features.columns],
+    })
+
+
+def rank_and_select(table: pd.DataFrame, params: SelectParams) -> pd.DataFrame:
+    """Rank by F (ties in candidate order); select those passing both thresholds, then the top k of them."""
+    ranked = table.sort_values("f_statistic", ascending=False, kind="stable").reset_index(drop=True)
+    ranked["rank"] = np.arange(1, len(ranked) + 1)
+    passes = (ranked["p_value"] <= params.max_p_value) & (ranked["eta_squared"] >= params.min_eta_squared)
+    chosen = passes & (passes.cumsum() <= (params.k if params.k is not None else len(ranked)))
+    ranked["selected"] = chosen.to_numpy(dtype=bool)
+    if not ranked["selected"].any():
+        raise ParamsError(f"params.yaml: select: no candidate feature has p <= select.max_p_value "
+                          f"({params.max_p_value:g}) and eta squared >= select.min_eta_squared "
+                          f"({params.min_eta_squared:g}); loosen the thresholds")
+    return ranked
+
+
+def anova_report(ranked: pd.DataFrame, params: SelectParams, n_train_rows: int) -> dict:
+    features = [
+        {"feature": row.feature, "f_statistic": significant(row.f_statistic), "p_value": significant(row.p_value),
+         "eta_squared": significant(row.eta_squared), "rank": int(row.rank), "selected": bool(row.selected)}
+        for row in ranked.itertuples(index=False)
+    ]
+    return {
+        "selected": [row["feature"] for row in features if row["selected"]],
+        "features": features,
+        "rule": {
+            "test": "one-way ANOVA F-test (sklearn.feature_selection.f_classif) against playlist_genre",
+            "order": "F statistic, descending",
+            "max_p_value": params.max_p_value,
+            "min_eta_squared": params.min_eta_squared,
+            "k": params.k,
+            "missing_values": MISSING_VALUES,
+        },
+        "n_train_rows": n_train_rows,
+    }
+
+
+def plot_rows(report: dict) -> str:
+    lines = ["feature,f_statistic,eta_squared,selected"]
+    lines += [f"{row['feature']},{row['f_statistic']!r},{row['eta_squared']!r},{str(row['selected']).lower()}"
+              for row in report["features"]]
+    return "\n".join(lines) + "\n"
+
+
+def select_features(train: pd.DataFrame, params: SelectParams) -> dict:
+    """The ANOVA report of params.candidates on the training songs."""
+    features = candidate_features(train, params.candidates)
+    empty = [name for name in features.columns if features[name].isna().all()]
+    if empty:
+        raise DataError(f"{TRAIN_SPLIT}: feature {empty[0]!r} has no value in any training row")
+    ranked = rank_and_select(anova_table(impute_median(features), train[LABEL]), params)
+    return anova_report(ranked, params, len(train))
+
+
+@exits_cleanly
+def main(argv: list[str] | None = None) -> int:
+    params = load_params()
+    try:
+        train = pd.read_parquet(TRAIN_SPLIT)
+    except FileNotFoundError:
+        raise DataError(f"{TRAIN_SPLIT}: not found; run `dvc repro split` first") from None
+    absent = [name for name in COLUMN_NAMES if name not in train.columns]
+    if absent:
+        raise DataError(f"{TRAIN_SPLIT}: missing column {absent[0]!r}; re-run `dvc repro split`")
+    report = select_features(train, params.select)
+    write_json(REPORT, report)
+    write_text(PLOT, plot_rows(report))
+    print(f"select: {len(report['selected'])} of {len(report['features'])} candidates: {', '.join(report['selected'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

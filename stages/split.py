@@ -1,0 +1,131 @@
+"""Split songs into train/val/test by a stable hash of (seed, track_id): no track on two sides, ever.
+
+A track's split depends only on its id and the seed, so adding songs never moves a track that was already
+assigned, and every row of a track lands in the same split. That stability is also the limit on
+stratification: a split that may not look at other tracks is a random sample of tracks, so each genre's
+share in it matches the whole in expectation, within sampling noise (about one point on this dataset's
+validation split). reports/split.json records each split's class mix and its largest gap from the whole.
+
+Missing values: only the release date may be empty in valid songs (the schema refuses every other gap);
+`split.missing` drops those rows, or keeps them for the preprocessor to impute from training statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages.errors import DataError, exits_cleanly
+from stages.files import write_json, write_parquet
+from stages.params import SplitParams, load_params
+from stages.schema import COLUMNS, GENRES, LABEL, RELEASE_DATE, TRACK_ID, read_songs, validate_songs
+
+RAW_CSV = Path("data/raw/spotify_songs.csv")
+SPLIT_DIR = Path("data/split")
+REPORT = Path("reports/split.json")
+SPLITS = ("train", "val", "test")
+# Required for the release-year/month/precision features, and the only feature source the schema lets be empty.
+MISSING_FIELDS = (RELEASE_DATE,)
+METHOD = ("u = first 8 bytes of sha256('<seed>:<track_id>') / 2**64; "
+          "test if u < test_size, val if u < test_size + val_size, else train")
+
+
+def track_fractions(track_ids: pd.Series, seed: int) -> np.ndarray:
+    """Each row's uniform [0, 1) draw, a pure function of (seed, track_id)."""
+    codes, unique = pd.factorize(track_ids, sort=False)
+    draws = np.array([int.from_bytes(hashlib.sha256(f"{seed}:{track}".encode()).digest()[:8], "big")
+                      for track in unique], dtype=np.float64) / 2.0**64
+    return draws[codes]
+
+
+def assign_splits(track_ids: pd.Series, params: SplitParams) -> np.ndarray:
+    """'train', 'val' or 'test' for every row."""
+    u = track_fractions(track_ids, params.seed)
+    return np.where(u < params.test_size, "test",
+                    np.where(u < params.test_size + params.val_size, "val", "train"))
+
+
+def apply_missing_policy(songs: pd.DataFrame, policy: str) -> tuple[pd.DataFrame, dict]:
+    """Drop or keep (for imputation from training statistics) the rows missing a MISSING_FIELDS value."""
+    affected = songs[list(MISSING_FIELDS)].isna().any(axis=1).to_numpy()
+    kept = songs[~affected] if policy == "drop" else songs
+    report = {
+        "policy": policy,
+        "fields": list(MISSING_FIELDS),
+        "rows_affected": int(affected.sum()),
+        "rows_dropped": int(affected.sum()) if policy == "drop" else 0,
+        "note": ("rows missing a value are dropped" if policy == "drop" else
+                 "rows missing a value are kept; the preprocessor imputes from training statistics"),
+    }
+    return kept, report
+
+
+def _class_mix(labels: pd.Series) -> dict:
+    counts = labels.value_counts().reindex(GENRES, fill_value=0)
+    total = int(counts.sum())
+    return {
+        "class_counts": {genre: int(counts[genre]) for genre in GENRES},
+        "class_proportions": {genre: round(float(counts[genre]) / total, 6) if total else 0.0 for genre in GENRES},
+    }
+
+
+def split_songs(songs: pd.DataFrame, params: SplitParams) -> tuple[dict[str, pd.DataFrame], dict]:
+    """The three splits (raw columns, raw row order) and the report's statistics, minus the data hash."""
+    kept, missing = apply_missing_policy(songs, params.missing)
+    kept = kept.reset_index(drop=True)
+    assignment = assign_splits(kept[TRACK_ID], params)
+    splits = {name: kept[assignment == name].reset_index(drop=True) for name in SPLITS}
+    empty = [name for name in SPLITS if splits[name].empty]
+    if empty:
+        raise DataError(f"the {empty[0]} split is empty: {len(kept)} songs are too few for "
+                        f"split.val_size={params.val_size} and split.test_size={params.test_size}")
+    whole = _class_mix(kept[LABEL])
+    per_split = {}
+    for name, frame in splits.items():
+        mix = _class_mix(frame[LABEL])
+        gap = max(abs(mix["class_proportions"][g] - whole["class_proportions"][g]) for g in GENRES)
+        per_split[name] = {"rows": len(frame), "tracks": int(frame[TRACK_ID].nunique()), **mix,
+                           "max_proportion_gap": round(gap, 6)}
+    report = {
+        "method": METHOD,
+        "seed": params.seed,
+        "val_size": params.val_size,
+        "test_size": params.test_size,
+        "missing": missing,
+        "all": {"rows": len(kept), "tracks": int(kept[TRACK_ID].nunique()), **whole},
+        "splits": per_split,
+    }
+    return splits, report
+
+
+def _with_integer_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Integer schema columns as int64 (the reader gives float64; validation proved them whole numbers)."""
+    ints = {column.name: "int64" for column in COLUMNS if column.kind == "int" and column.name in frame}
+    return frame.astype(ints)
+
+
+@exits_cleanly
+def main(argv: list[str] | None = None) -> int:
+    params = load_params()
+    try:
+        data = RAW_CSV.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{RAW_CSV}: not found; run `dvc repro download` first") from None
+    songs = validate_songs(read_songs(io.BytesIO(data), str(RAW_CSV)), str(RAW_CSV))
+    splits, report = split_songs(_with_integer_columns(songs), params.split)
+    for name, frame in splits.items():
+        write_parquet(SPLIT_DIR / f"{name}.parquet", frame)
+    write_json(REPORT, {"raw_sha256": hashlib.sha256(data).hexdigest(), **report})
+    sizes = ", ".join(f"{name} {len(frame)}" for name, frame in splits.items())
+    print(f"split: {sizes} rows; {report['missing']['rows_affected']} rows missing a release date "
+          f"({params.split.missing})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
