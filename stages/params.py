@@ -106,6 +106,16 @@ class TrainParams(_Section):
 class EvaluateParams(_Section):
     baselines: list[Literal["majority", "hist_gradient_boosting", "random_forest"]]
     seed: NonNegativeInt
+    rf_trees: Annotated[int, Field(ge=1, le=2000)]
+    threads: Annotated[int, Field(ge=1, le=256)]
+    max_train_rows: PositiveInt | None
+
+    @field_validator("baselines")
+    @classmethod
+    def _distinct(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError("a baseline is listed twice")
+        return names
 
 
 class Params(_Section):
@@ -118,6 +128,13 @@ class Params(_Section):
     preprocess: PreprocessParams
     train: TrainParams
     evaluate: EvaluateParams
+
+    @field_validator("batch_size")
+    @classmethod
+    def _two_rows_for_batch_norm(cls, size: int) -> int:
+        if size < 2:
+            raise ValueError("must be at least 2: BatchNorm cannot train on a batch of one row")
+        return size
 
 
 def _describe(error: ValidationError, source: str) -> str:

@@ -1,0 +1,290 @@
+"""The shared model module: the MLP, device choice, the bundle's safe loading, batched prediction."""
+
+from __future__ import annotations
+
+import builtins
+import io
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from stages import model as model_module
+from stages.errors import BundleError, PipelineError
+from stages.model import BUNDLE_FORMAT, build_mlp, load_bundle, predict_proba, resolve_device, save_bundle
+
+FEATURES = ("danceability", "energy", "loudness", "tempo")
+CLASSES = ("edm", "latin", "pop", "r&b", "rap", "rock")
+ARCHITECTURE = {"n_features": len(FEATURES), "n_classes": len(CLASSES), "hidden_sizes": [8, 5], "dropout": 0.1}
+
+
+def _trained_model(seed: int = 0) -> nn.Module:
+    """A small MLP with a few optimizer steps behind it, so BatchNorm's running statistics are not the defaults."""
+    torch.manual_seed(seed)
+    model = build_mlp(**ARCHITECTURE)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    features = torch.randn(64, len(FEATURES))
+    labels = torch.randint(0, len(CLASSES), (64,))
+    for _ in range(3):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(features), labels).backward()
+        optimizer.step()
+    return model.eval()
+
+
+def _save(path, model=None, **overrides):
+    fields = dict(architecture=ARCHITECTURE, feature_names=FEATURES, class_names=CLASSES,
+                  preprocessor={"path": "models/preprocessor.json", "sha256": "ab" * 32},
+                  params={"lr": 0.05, "train": {"hidden_sizes": [8, 5]}}, data_sha256="cd" * 32)
+    fields.update(overrides)
+    save_bundle(path, model if model is not None else _trained_model(), **fields)
+
+
+def _rewrite(path, change) -> None:
+    """Load a bundle's raw dict, let `change` edit it, and save it back with torch.save."""
+    raw = torch.load(path, weights_only=True)
+    change(raw)
+    torch.save(raw, path)
+
+
+class _CreatesFile:
+    """Unpickling this object opens (and so creates) a file: what a malicious checkpoint would do."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return builtins.open, (self.target, "w")
+
+
+# --- the network and the device -------------------------------------------------------------------------------
+
+def test_build_mlp_layers_in_order():
+    net = build_mlp(n_features=7, n_classes=6, hidden_sizes=[16, 4], dropout=0.25)
+    kinds = [type(layer) for layer in net]
+    assert [issubclass(kind, expected) for kind, expected in zip(kinds, [
+        nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout, nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout, nn.Linear,
+    ])] == [True] * 9 and len(kinds) == 9
+    assert (net[0].in_features, net[0].out_features, net[4].out_features, net[8].out_features) == (7, 16, 4, 6)
+    assert net[3].p == 0.25
+    assert net(torch.randn(5, 7)).shape == (5, 6)
+
+
+def test_dropout_keeps_the_expected_share_and_rescales():
+    torch.manual_seed(0)
+    layer = build_mlp(n_features=2, n_classes=2, hidden_sizes=[2], dropout=0.3)[3]
+    ones = torch.ones(200_000)
+    out = layer.train()(ones)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / 0.7))
+    assert torch.equal(layer.eval()(ones), ones)
+
+
+def test_resolve_device(monkeypatch):
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(PipelineError, match="train.device: cuda was asked for"):
+        resolve_device("cuda")
+    with pytest.raises(PipelineError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+
+
+# --- the bundle -------------------------------------------------------------------------------------------------
+
+def test_bundle_round_trip_reproduces_predictions(tmp_path):
+    model = _trained_model()
+    path = tmp_path / "model.pt"
+    _save(path, model)
+
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert raw["format"] == BUNDLE_FORMAT
+    assert set(raw["state_dict"]) == set(model.state_dict())
+    assert all(torch.equal(raw["state_dict"][name], value) for name, value in model.state_dict().items())
+
+    bundle = load_bundle(path, feature_names=list(FEATURES), class_names=CLASSES)
+    assert not bundle.model.training
+    assert all(value.device.type == "cpu" for value in bundle.model.state_dict().values())
+    assert (bundle.feature_names, bundle.class_names) == (FEATURES, CLASSES)
+    assert bundle.architecture == ARCHITECTURE
+    assert bundle.preprocessor == {"path": "models/preprocessor.json", "sha256": "ab" * 32}
+    assert bundle.params == {"lr": 0.05, "train": {"hidden_sizes": [8, 5]}}
+    assert bundle.data_sha256 == "cd" * 32
+    features = np.random.default_rng(1).normal(size=(50, len(FEATURES))).astype(np.float32)
+    assert np.array_equal(predict_proba(bundle.model, features), predict_proba(model, features))
+
+
+def test_bundle_bytes_are_reproducible(tmp_path):
+    _save(tmp_path / "a.pt", _trained_model())
+    _save(tmp_path / "b.pt", _trained_model())
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert not list(tmp_path.glob(".*.tmp")), "the atomic write left its temporary file behind"
+
+
+def test_bundle_holds_only_plain_values(tmp_path):
+    with pytest.raises(TypeError, match=r"params.lr: float32"):
+        _save(tmp_path / "model.pt", params={"lr": np.float32(0.1)})
+    assert not (tmp_path / "model.pt").exists()
+
+
+# --- refusals ---------------------------------------------------------------------------------------------------
+
+def test_missing_bundle(tmp_path):
+    with pytest.raises(BundleError, match=r"model.pt: model bundle not found \(run `dvc repro train`"):
+        load_bundle(tmp_path / "model.pt")
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle.dump"])
+def test_malicious_pickle_is_refused_without_running(tmp_path, how):
+    marker = tmp_path / "was-run"
+    path = tmp_path / "model.pt"
+    if how == "torch.save":
+        torch.save({"format": BUNDLE_FORMAT, "state_dict": _CreatesFile(marker)}, path)
+    else:
+        path.write_bytes(pickle.dumps(_CreatesFile(marker)))
+
+    with pytest.raises(BundleError, match=r"model.pt: refused: not a bundle of tensors and plain values"):
+        load_bundle(path)
+    assert not marker.exists()
+
+    # The same file does run code when loaded the unsafe way: the refusal above is what protects us.
+    unsafe_marker = tmp_path / "unsafe-load-ran"
+    payload = pickle.dumps(_CreatesFile(unsafe_marker))
+    pickle.loads(payload)
+    assert unsafe_marker.exists()
+
+
+def test_refusal_names_the_unsafe_global(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"payload": _CreatesFile(tmp_path / "x")}, path)
+    with pytest.raises(BundleError) as caught:
+        load_bundle(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "open" in message and "nothing in it was run" in message
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a model", bytes(range(256)) * 4],
+                         ids=["empty", "text", "binary"])
+def test_damaged_file_is_refused(tmp_path, content):
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(BundleError, match=r"model.pt: (not a model bundle|refused)") as caught:
+        load_bundle(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_truncated_bundle_is_refused(tmp_path):
+    path = tmp_path / "model.pt"
+    _save(path)
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(BundleError, match="model.pt: not a model bundle"):
+        load_bundle(path)
+
+
+def test_wrong_format_version_is_refused(tmp_path):
+    path = tmp_path / "model.pt"
+    _save(path)
+    _rewrite(path, lambda raw: raw.update(format=BUNDLE_FORMAT + 1))
+    with pytest.raises(BundleError, match=rf"bundle format {BUNDLE_FORMAT + 1}, but this version reads "
+                                          rf"format {BUNDLE_FORMAT}"):
+        load_bundle(path)
+
+
+def test_plain_tensor_file_is_not_a_bundle(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(_trained_model().state_dict(), path)
+    with pytest.raises(BundleError, match="not a model bundle \\(no format version\\)"):
+        load_bundle(path)
+
+
+@pytest.mark.parametrize("given, expected", [
+    (("danceability", "energy", "loudness"), "the model needs tempo"),
+    (FEATURES + ("valence",), "it does not know valence"),
+    (("energy", "danceability", "loudness", "tempo"), "the same names in another order"),
+])
+def test_feature_list_mismatch_is_refused(tmp_path, given, expected):
+    path = tmp_path / "model.pt"
+    _save(path)
+    with pytest.raises(BundleError, match=f"the model's features do not match the data's: {expected}"):
+        load_bundle(path, feature_names=given)
+
+
+def test_class_list_mismatch_is_refused(tmp_path):
+    path = tmp_path / "model.pt"
+    _save(path)
+    with pytest.raises(BundleError, match="the model's classes do not match the data's: the model needs rock"):
+        load_bundle(path, class_names=CLASSES[:-1])
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda raw: raw.pop("class_names"), "class_names should be present"),
+    (lambda raw: raw.update(feature_names="danceability"), "feature_names should be a list of names"),
+    (lambda raw: raw["architecture"].update(n_features=3), "architecture.n_features should be the number"),
+    (lambda raw: raw["architecture"].update(activation="gelu"), "architecture should be a mapping with exactly"),
+    (lambda raw: raw["state_dict"].pop("0.weight"), "the weights do not fit the architecture"),
+    (lambda raw: raw["state_dict"].update({"0.weight": torch.zeros(3, 3)}), "the weights do not fit"),
+])
+def test_malformed_bundle_is_refused(tmp_path, change, expected):
+    path = tmp_path / "model.pt"
+    _save(path)
+    _rewrite(path, change)
+    with pytest.raises(BundleError, match=expected):
+        load_bundle(path)
+
+
+def test_model_loading_in_the_code_is_weights_only():
+    """Every torch.load in the pipeline's code asks for weights_only=True (issue 10, safe loading)."""
+    from pathlib import Path
+
+    root = Path(model_module.__file__).parent
+    calls = [(path.name, line.strip()) for path in sorted(root.glob("*.py"))
+             for line in path.read_text(encoding="utf-8").splitlines() if "torch.load(" in line]
+    assert calls, "expected the bundle loader's torch.load call"
+    assert all("weights_only=True" in line for _, line in calls), calls
+
+
+# --- prediction ---------------------------------------------------------------------------------------------------
+
+def test_predict_proba_is_softmax_of_logits():
+    model = _trained_model()
+    features = np.random.default_rng(2).normal(size=(300, len(FEATURES)))
+    probabilities = predict_proba(model, features, batch_size=64)
+    assert probabilities.dtype == np.float64 and probabilities.shape == (300, len(CLASSES))
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-12)
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.tensor(features, dtype=torch.float32)).double(), dim=1).numpy()
+    assert np.allclose(probabilities, expected, atol=1e-6)
+    assert np.allclose(predict_proba(model, features, batch_size=7), probabilities, atol=1e-6)
+
+
+def test_predict_proba_uses_eval_mode_and_restores_the_mode():
+    model = _trained_model().train()
+    features = np.random.default_rng(3).normal(size=(20, len(FEATURES))).astype(np.float32)
+    first = predict_proba(model, features)
+    assert model.training, "the caller's mode should be restored"
+    assert np.array_equal(first, predict_proba(model, features)), "dropout or batch statistics leaked in"
+
+
+def test_predict_proba_of_no_rows():
+    out = predict_proba(_trained_model(), np.zeros((0, len(FEATURES)), dtype=np.float32))
+    assert out.shape == (0, len(CLASSES)) and out.dtype == np.float64
+
+
+def test_predict_proba_rejects_a_vector():
+    with pytest.raises(ValueError, match="2-D"):
+        predict_proba(_trained_model(), np.zeros(len(FEATURES)))
+
+
+def test_bundle_file_is_a_zip_with_a_fixed_archive_name(tmp_path):
+    path = tmp_path / "model.pt"
+    _save(path)
+    names = zipfile.ZipFile(io.BytesIO(path.read_bytes())).namelist()
+    assert names and all(name.startswith("archive/") for name in names), "the temp file's name leaked in"

@@ -1,0 +1,437 @@
+"""The train stage: it learns, stops early, keeps the best epoch, is deterministic, and tracks through DVCLive."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from stages import train
+from stages.model import build_mlp, load_bundle, predict_proba, save_bundle
+from stages.params import parse_params
+from stages.processed import ProcessedSplit, read_processed, write_processed
+from stages.schema import GENRES
+from stages.synthetic import synthetic_songs
+from tests.conftest import SYNTHETIC_OVERRIDES, default_params, make_project, run, with_overrides
+
+NUMERIC = ("danceability", "energy", "loudness", "speechiness", "acousticness", "instrumentalness", "liveness",
+           "valence", "tempo", "duration_ms", "track_popularity")
+# Small and quick; one thread, so a busy machine does not slow the runs down by oversubscription.
+QUICK = {"train.hidden_sizes": [32, 16], "train.max_epochs": 12, "train.patience": 12, "train.threads": 1,
+         "batch_size": 128}
+TRACKED = ("lr.tsv", "train/accuracy.tsv", "train/f1_macro.tsv", "train/loss.tsv", "val/accuracy.tsv",
+           "val/f1_macro.tsv", "val/loss.tsv")
+
+
+def processed_splits(rows: int, seed: int = 0, train_share: float = 0.75) -> tuple[ProcessedSplit, ProcessedSplit]:
+    """Train and val splits of synthetic songs, standardised with the training rows' statistics."""
+    songs = synthetic_songs(rows, seed)
+    features = songs[list(NUMERIC)].to_numpy(dtype=np.float64)
+    labels = songs["playlist_genre"].map({genre: i for i, genre in enumerate(GENRES)}).to_numpy(dtype=np.int64)
+    cut = int(rows * train_share)
+    mean, std = features[:cut].mean(axis=0), features[:cut].std(axis=0)
+    scaled = ((features - mean) / std).astype(np.float32)
+    ids = songs["track_id"].to_numpy(dtype=str)
+    return (ProcessedSplit(scaled[:cut], labels[:cut], ids[:cut], NUMERIC),
+            ProcessedSplit(scaled[cut:], labels[cut:], ids[cut:], NUMERIC))
+
+
+def make_inputs(root: Path, rows: int = 2400, *, overrides: dict | None = None, shuffle_val_labels: bool = False,
+                train_share: float = 0.75) -> Path:
+    """A folder laid out like the repository, holding what the train stage reads."""
+    root.mkdir(parents=True, exist_ok=True)
+    train_split, val_split = processed_splits(rows, train_share=train_share)
+    if shuffle_val_labels:
+        labels = np.random.default_rng(1).permutation(val_split.labels)
+        val_split = ProcessedSplit(val_split.features, labels, val_split.track_ids, val_split.feature_names)
+    write_processed(root / "data/processed/train.parquet", train_split)
+    write_processed(root / "data/processed/val.parquet", val_split)
+    (root / "models").mkdir(exist_ok=True)
+    (root / "models/preprocessor.json").write_text(json.dumps({"data_sha256": "5e" * 32, "stand_in": True}))
+    write_params(root, {**QUICK, **(overrides or {})})
+    return root
+
+
+def write_params(root: Path, overrides: dict) -> None:
+    (root / "params.yaml").write_text(yaml.safe_dump(with_overrides(default_params(), overrides), sort_keys=False))
+
+
+@contextlib.contextmanager
+def torch_globals_restored():
+    """main() sets torch's process-wide thread count and determinism; give them back to the other tests."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals():
+    with torch_globals_restored():
+        yield
+
+
+def run_stage(root: Path, monkeypatch, capsys) -> tuple[int, str, str]:
+    monkeypatch.chdir(root)
+    code = train.main([])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {path.relative_to(folder).as_posix(): path.read_bytes()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def tsv_column(path: Path) -> tuple[list[int], list[float]]:
+    header, *rows = path.read_text().splitlines()
+    assert header.split("\t")[0] == "step", header
+    steps = [int(row.split("\t")[0]) for row in rows]
+    return steps, [float(row.split("\t")[1]) for row in rows]
+
+
+def val_loss_and_accuracy(root: Path) -> tuple[float, float]:
+    """The saved model's loss and accuracy on the validation split, recomputed from the bundle."""
+    val = read_processed(root / "data/processed/val.parquet")
+    bundle = load_bundle(root / "models/model.pt", feature_names=val.feature_names, class_names=GENRES)
+    probabilities = predict_proba(bundle.model, val.features)
+    loss = -np.mean(np.log(probabilities[np.arange(len(val.labels)), val.labels]))
+    return float(loss), float(np.mean(probabilities.argmax(axis=1) == val.labels))
+
+
+# --- two full runs of the stage, shared by the tests below ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> tuple[Path, Path]:
+    roots = []
+    with pytest.MonkeyPatch.context() as monkeypatch, torch_globals_restored():
+        for name in ("first", "second"):
+            root = make_inputs(tmp_path_factory.mktemp(name))
+            monkeypatch.chdir(root)
+            assert train.main([]) == 0
+            roots.append(root)
+    return roots[0], roots[1]
+
+
+def test_learns_well_above_chance(two_runs):
+    root, _ = two_runs
+    summary = json.loads((root / "dvclive/metrics.json").read_text())
+    assert summary["best_val_accuracy"] > 0.45, summary  # chance is 1/6
+    assert summary["best_val_f1_macro"] > 0.4, summary
+    _, val_loss = tsv_column(root / "dvclive/plots/metrics/val/loss.tsv")
+    assert min(val_loss) < val_loss[0] - 0.1, "validation loss should fall as the model learns"
+
+
+def test_two_runs_are_bit_identical(two_runs):
+    first, second = two_runs
+    raw = [torch.load(root / "models/model.pt", weights_only=True)["state_dict"] for root in (first, second)]
+    assert list(raw[0]) == list(raw[1])
+    for name in raw[0]:
+        assert raw[0][name].numpy().tobytes() == raw[1][name].numpy().tobytes(), name
+    assert (first / "models/model.pt").read_bytes() == (second / "models/model.pt").read_bytes()
+    assert tree(first / "dvclive") == tree(second / "dvclive")
+
+
+def test_dvclive_writes_only_the_declared_files_every_epoch(two_runs):
+    root, _ = two_runs
+    files = tree(root / "dvclive")
+    assert sorted(files) == ["metrics.json"] + [f"plots/metrics/{name}" for name in TRACKED]
+    summary = json.loads(files["metrics.json"])
+    assert set(summary) == {"best_epoch", "stopped_epoch", "best_val_loss", "best_val_accuracy",
+                            "best_val_f1_macro", "step"}
+    for name in TRACKED:
+        steps, values = tsv_column(root / "dvclive/plots/metrics" / name)
+        assert steps == list(range(1, summary["stopped_epoch"] + 1)), name
+        assert all(np.isfinite(values)), name
+    for content in files.values():
+        assert b"timestamp" not in content and b"seconds" not in content
+    _, losses = tsv_column(root / "dvclive/plots/metrics/val/loss.tsv")
+    assert summary["best_val_loss"] == min(losses) == losses[summary["best_epoch"] - 1]
+    assert not any(path.name.startswith(".") for path in (root / "dvclive").iterdir()), "staging left behind"
+    assert not (root / "dvc.yaml").exists() and not (root / ".dvc").exists()
+
+
+def test_tracked_f1_and_accuracy_agree_with_the_saved_model(two_runs):
+    root, _ = two_runs
+    summary = json.loads((root / "dvclive/metrics.json").read_text())
+    loss, accuracy = val_loss_and_accuracy(root)
+    assert accuracy == pytest.approx(summary["best_val_accuracy"], abs=1e-9)
+    assert loss == pytest.approx(summary["best_val_loss"], abs=1e-5)
+
+
+def test_bundle_records_what_the_model_needs(two_runs):
+    root, _ = two_runs
+    raw = torch.load(root / "models/model.pt", map_location="cpu", weights_only=True)
+    assert raw["feature_names"] == list(NUMERIC) and raw["class_names"] == list(GENRES)
+    assert raw["architecture"] == {"n_features": len(NUMERIC), "n_classes": 6, "hidden_sizes": [32, 16],
+                                   "dropout": 0.2}
+    preprocessor_bytes = (root / "models/preprocessor.json").read_bytes()
+    assert raw["preprocessor"] == {"path": "models/preprocessor.json",
+                                   "sha256": hashlib.sha256(preprocessor_bytes).hexdigest()}
+    assert raw["data_sha256"] == "5e" * 32
+    params = parse_params(yaml.safe_load((root / "params.yaml").read_text()))
+    assert raw["params"] == {"lr": params.lr, "momentum": params.momentum, "batch_size": params.batch_size,
+                             "train": params.train.model_dump()}
+
+
+def test_timing_is_reported_outside_the_tracked_files(two_runs):
+    root, _ = two_runs
+    timing = json.loads((root / "reports/timing/train.json").read_text())
+    summary = json.loads((root / "dvclive/metrics.json").read_text())
+    assert timing["epochs"] == summary["stopped_epoch"] and timing["best_epoch"] == summary["best_epoch"]
+    assert timing["train_samples_per_s"] > 0 and timing["fit_seconds"] > 0 and timing["device"] == "cpu"
+    assert timing["train_rows"] == 1800 and timing["val_rows"] == 600
+
+
+def test_progress_is_one_plain_line_per_epoch_off_a_terminal(tmp_path, monkeypatch, capsys):
+    root = make_inputs(tmp_path, rows=600, overrides={"train.max_epochs": 3, "train.patience": 3})
+    code, out, err = run_stage(root, monkeypatch, capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert [line.split()[:2] for line in lines[:3]] == [["epoch", "1/3"], ["epoch", "2/3"], ["epoch", "3/3"]]
+    assert "val loss" in lines[0] and "acc" in lines[0]
+    assert lines[3].startswith("trained 3 epochs on cpu in ") and "samples/s" in lines[3]
+    assert len(lines) == 4
+
+
+def test_progress_bar_on_a_terminal(tmp_path, monkeypatch, capsys):
+    root = make_inputs(tmp_path, rows=600, overrides={"train.max_epochs": 3, "train.patience": 3})
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, out, err = run_stage(root, monkeypatch, capsys)
+    assert code == 0, err
+    assert "3/3" in err and "val_acc=" in err and "loss=" in err, err
+    assert out.startswith("trained 3 epochs") and "epoch   1/3" not in out
+
+
+def test_diverging_run_fails_without_a_model(tmp_path, monkeypatch, capsys):
+    root = make_inputs(tmp_path, rows=300)
+    split = read_processed(root / "data/processed/train.parquet")
+    huge = np.clip(split.features, -3, 3) * 1e38  # finite, but a layer's sum overflows
+    write_processed(root / "data/processed/train.parquet",
+                    ProcessedSplit(huge, split.labels, split.track_ids, split.feature_names))
+    code, _, err = run_stage(root, monkeypatch, capsys)
+    assert code == 1 and err.startswith("error: training diverged at epoch 1 "), err
+    assert not (root / "models/model.pt").exists() and not (root / "dvclive").exists()
+
+
+# --- early stopping and the best epoch --------------------------------------------------------------------------
+
+def test_early_stopping_keeps_the_best_epoch(tmp_path, monkeypatch, capsys):
+    # Validation labels shuffled: the validation loss stops improving at once, whatever the model learns.
+    # 1801 training rows and batches of 100: the last batch would hold one row, and must be folded in.
+    root = make_inputs(tmp_path, rows=2401, shuffle_val_labels=True, train_share=1801 / 2401,
+                       overrides={"train.max_epochs": 40, "train.patience": 3, "batch_size": 100})
+    code, _, err = run_stage(root, monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads((root / "reports/timing/train.json").read_text())["train_rows"] == 1801
+    summary = json.loads((root / "dvclive/metrics.json").read_text())
+    assert summary["stopped_epoch"] < 40
+    assert summary["stopped_epoch"] == summary["best_epoch"] + 3
+    _, losses = tsv_column(root / "dvclive/plots/metrics/val/loss.tsv")
+    assert len(losses) == summary["stopped_epoch"]
+    assert losses[-1] != pytest.approx(summary["best_val_loss"], abs=1e-6)
+    saved_loss, _ = val_loss_and_accuracy(root)
+    assert saved_loss == pytest.approx(summary["best_val_loss"], abs=1e-5), "the saved weights are not the best"
+
+
+def test_min_delta_counts_small_improvements_as_none():
+    config = parse_params(with_overrides(default_params(), {"train.min_delta": 10.0, "train.patience": 2,
+                                                            "train.max_epochs": 20})).train
+    torch.manual_seed(0)
+    train_split, val_split = processed_splits(600)
+    cpu = torch.device("cpu")
+    result = train.fit(build_mlp(len(NUMERIC), 6, [8], 0.0), train._on_device(train_split, cpu),
+                       train._on_device(val_split, cpu), lr=0.05,
+                       momentum=0.9, batch_size=64, config=config, n_classes=6)
+    assert (result.best_epoch, result.stopped_epoch) == (1, 3)
+
+
+def test_batch_bounds_fold_a_single_last_row():
+    assert train.batch_bounds(256, 256) == [(0, 256)]
+    assert train.batch_bounds(257, 256) == [(0, 257)]
+    assert train.batch_bounds(300, 256) == [(0, 256), (256, 300)]
+    assert train.batch_bounds(513, 256) == [(0, 256), (256, 513)]
+    assert train.batch_bounds(5, 2) == [(0, 2), (2, 5)]
+    assert train.batch_bounds(2, 256) == [(0, 2)]
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    ("none", [0.1] * 6),
+    ("step", [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]),
+    ("cosine", [0.1 * (1 + np.cos(np.pi * epoch / 6)) / 2 for epoch in range(6)]),
+    ("plateau", [0.1, 0.1, 0.1, 0.05, 0.05, 0.025]),
+])
+def test_schedules(schedule, expected):
+    config = parse_params(with_overrides(default_params(), {
+        "train.schedule": schedule, "train.max_epochs": 6, "train.step_size": 2, "train.gamma": 0.5,
+        "train.plateau_patience": 1, "train.min_delta": 0.0})).train
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = train.make_scheduler(optimizer, config)
+    seen = []
+    for _ in range(6):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if schedule == "plateau":
+            scheduler.step(1.0)  # a validation loss that never improves
+        elif scheduler is not None:
+            scheduler.step()
+    assert seen == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_macro_f1_equals_scikit_learn(seed):
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 6, 500)
+    predictions = np.where(rng.random(500) < 0.5, labels, rng.integers(0, 6, 500))
+    if seed == 1:
+        predictions[predictions == 2] = 3  # a class never predicted
+    if seed == 2:
+        labels, predictions = labels[labels != 5], predictions[labels != 5]
+        predictions[predictions == 5] = 0  # a class absent from both
+    if seed == 3:
+        predictions = labels.copy()
+    assert train.macro_f1(labels, predictions, 6) == pytest.approx(f1_score(labels, predictions, average="macro"),
+                                                                   abs=1e-12)
+
+
+# --- refusals -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"lr": 0.0}, "lr"),
+    ({"lr": -0.1}, "lr"),
+    ({"momentum": 1.0}, "momentum"),
+    ({"momentum": -0.5}, "momentum"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"batch_size": 1}, "batch_size"),
+    ({"train.epochs": 5}, "train.epochs: unknown key"),
+    ({"train.device": "tpu"}, "train.device"),
+    ({"train.schedule": "exponential"}, "train.schedule"),
+    ({"train.hidden_sizes": []}, "train.hidden_sizes"),
+    ({"train.dropout": 1.0}, "train.dropout"),
+])
+def test_invalid_params_fail_before_any_work(tmp_path, monkeypatch, capsys, overrides, key):
+    # No data at all: a params error must come first.
+    tmp_path.joinpath("params.yaml").write_text(yaml.safe_dump(with_overrides(default_params(), overrides)))
+    code, out, err = run_stage(tmp_path, monkeypatch, capsys)
+    assert code == 2
+    assert err.startswith(f"error: params.yaml: {key}") and err.count("\n") == 1, err
+    assert "Traceback" not in err and out == ""
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_cuda_asked_for_without_a_gpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    write_params(tmp_path, {"train.device": "cuda"})
+    code, _, err = run_stage(tmp_path, monkeypatch, capsys)
+    assert code == 1 and err.startswith("error: train.device: cuda was asked for"), err
+
+
+def test_missing_processed_data(tmp_path, monkeypatch, capsys):
+    write_params(tmp_path, QUICK)
+    code, _, err = run_stage(tmp_path, monkeypatch, capsys)
+    assert code == 3
+    assert err == "error: data/processed/train.parquet: not found (run `dvc repro preprocess` first)\n"
+
+
+def test_preprocessor_without_data_hash(tmp_path, monkeypatch, capsys):
+    root = make_inputs(tmp_path, rows=300)
+    (root / "models/preprocessor.json").write_text("{}")
+    code, _, err = run_stage(root, monkeypatch, capsys)
+    assert code == 3 and "models/preprocessor.json: expected a JSON object with a data_sha256 string" in err
+    assert not (root / "models/model.pt").exists()
+
+
+def test_val_with_other_features(tmp_path, monkeypatch, capsys):
+    root = make_inputs(tmp_path, rows=300)
+    val = read_processed(root / "data/processed/val.parquet")
+    write_processed(root / "data/processed/val.parquet",
+                    ProcessedSplit(val.features, val.labels, val.track_ids, NUMERIC[::-1]))
+    code, _, err = run_stage(root, monkeypatch, capsys)
+    assert code == 3 and "val.parquet: its feature columns differ from data/processed/train.parquet's" in err
+
+
+def test_non_finite_feature(tmp_path, monkeypatch, capsys):
+    root = make_inputs(tmp_path, rows=300)
+    split = read_processed(root / "data/processed/train.parquet")
+    features = split.features.copy()
+    features[4, 2] = np.nan
+    write_processed(root / "data/processed/train.parquet",
+                    ProcessedSplit(features, split.labels, split.track_ids, split.feature_names))
+    code, _, err = run_stage(root, monkeypatch, capsys)
+    assert code == 3 and "train.parquet: row 5, column 'loudness': not a finite number" in err
+
+
+# --- CUDA -----------------------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here; this test runs where a GPU is present")
+def test_trains_on_cuda_and_the_bundle_loads_on_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    config = parse_params(with_overrides(default_params(), {**QUICK, "train.device": "cuda"})).train
+    device = train.resolve_device(config.device)
+    train._seed_everything(config.seed, config.threads, device)
+    train_split, val_split = processed_splits(2400)
+
+    def fit_once():
+        torch.manual_seed(config.seed)
+        model = build_mlp(len(NUMERIC), 6, config.hidden_sizes, config.dropout).to(device)
+        result = train.fit(model, train._on_device(train_split, device), train._on_device(val_split, device),
+                           lr=0.05, momentum=0.9, batch_size=128, config=config, n_classes=6)
+        model.load_state_dict(result.best_state)
+        return model, result
+
+    model, result = fit_once()
+    assert next(model.parameters()).device.type == "cuda"
+    assert result.best.val_accuracy > 0.45
+    _, again = fit_once()
+    assert all(torch.equal(result.best_state[name], again.best_state[name]) for name in result.best_state)
+
+    architecture = {"n_features": len(NUMERIC), "n_classes": 6, "hidden_sizes": config.hidden_sizes,
+                    "dropout": config.dropout}
+    save_bundle(tmp_path / "model.pt", model, architecture=architecture, feature_names=NUMERIC, class_names=GENRES,
+                preprocessor={}, params={}, data_sha256="")
+    bundle = load_bundle(tmp_path / "model.pt", feature_names=NUMERIC)
+    assert next(bundle.model.parameters()).device.type == "cpu"
+    on_cpu = predict_proba(bundle.model, val_split.features)
+    on_cuda = predict_proba(model, val_split.features)
+    assert np.allclose(on_cpu, on_cuda, atol=1e-4)
+    assert np.mean(on_cpu.argmax(axis=1) == val_split.labels) == pytest.approx(result.best.val_accuracy, abs=0.01)
+
+
+# --- the real dvc CLI ---------------------------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_dvc_repro_then_exp_run_lr(tmp_path):
+    project = make_project(tmp_path / "project", SYNTHETIC_OVERRIDES)
+    run(["dvc", "repro"], project, timeout=900)
+    summary = json.loads((project / "dvclive/metrics.json").read_text())
+    assert summary["stopped_epoch"] <= 8 and summary["best_val_accuracy"] > 0.3
+    assert not (project / "dvclive/dvc.yaml").exists() and not (project / "dvclive/params.yaml").exists()
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
+    assert "best_val_loss" in json.dumps(shown)
+    untracked = run(["git", "status", "--porcelain", "--untracked-files=all", "dvclive"], project).stdout.split()
+    assert sorted(name for name in untracked if name != "??") == ["dvclive/metrics.json"] + [
+        f"dvclive/plots/metrics/{name}" for name in TRACKED]
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "baseline run"], project)
+
+    result = run(["dvc", "exp", "run", "-S", "lr=0.01"], project, timeout=900)
+    ran = sorted(line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage"))
+    assert ran == ["evaluate", "train"], result.stdout
+    bundle = torch.load(project / "models/model.pt", weights_only=True)
+    assert bundle["params"]["lr"] == 0.01
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert lock["stages"]["train"]["params"]["params.yaml"]["lr"] == 0.01
+    assert not list((project / "dvclive").glob(".*")), "staging folders left in dvclive/"
