@@ -1,0 +1,202 @@
+"""What the evaluate stage shows a reader: the model card, the plot data and the PNG figures.
+
+Figures are drawn on matplotlib's Agg canvas without pyplot (no global state, no display) and saved with no
+metadata that varies, so the same data always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from stages.files import write_with
+
+PROBABILITY_FORMAT = "%.6f"
+FIGURE_DPI = 100
+# Matplotlib writes its version as "Software"; PNGs carry no date, so this keeps the bytes stable.
+PNG_METADATA = {"Software": None}
+
+
+def predictions_csv(table: pd.DataFrame) -> str:
+    return table.to_csv(index=False, lineterminator="\n", float_format=PROBABILITY_FORMAT)
+
+
+def per_class_f1_csv(per_class: dict[str, dict[str, Any]]) -> str:
+    frame = pd.DataFrame({"genre": list(per_class), "f1": [values["f1"] for values in per_class.values()]})
+    return frame.to_csv(index=False, lineterminator="\n", float_format="%.6f")
+
+
+def _save_png(path, figure: Figure) -> None:
+    FigureCanvasAgg(figure)
+    write_with(path, lambda tmp: figure.savefig(tmp, format="png", dpi=FIGURE_DPI, metadata=PNG_METADATA))
+
+
+def loss_figure(train: pd.DataFrame, val: pd.DataFrame, best_epoch: int | None = None) -> Figure:
+    """Train and validation loss by epoch (DVCLive's `step` column), the epoch whose weights were kept marked."""
+    figure = Figure(figsize=(7, 4.2))
+    axes = figure.add_subplot()
+    axes.plot(train["step"], train["loss"], marker=".", label="train")
+    axes.plot(val["step"], val["loss"], marker=".", label="validation")
+    if best_epoch is not None:
+        axes.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best epoch ({best_epoch})")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("cross-entropy loss")
+    axes.set_title("Training and validation loss")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    return figure
+
+
+def confusion_figure(normalised: np.ndarray, class_names: Sequence[str]) -> Figure:
+    """Row-normalised confusion matrix: each row shows where one actual genre's songs went."""
+    n = len(class_names)
+    figure = Figure(figsize=(6.4, 5.6))
+    axes = figure.add_subplot()
+    image = axes.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
+    for row in range(n):
+        for column in range(n):
+            value = normalised[row, column]
+            axes.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=9,
+                      color="white" if value > 0.5 else "black")
+    axes.set_xticks(range(n), labels=class_names)
+    axes.set_yticks(range(n), labels=class_names)
+    axes.set_xlabel("predicted genre")
+    axes.set_ylabel("actual genre")
+    axes.set_title("Confusion matrix, test split (each row sums to 1)")
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    figure.tight_layout()
+    return figure
+
+
+def write_loss_png(path, train: pd.DataFrame, val: pd.DataFrame, best_epoch: int | None = None) -> None:
+    _save_png(path, loss_figure(train, val, best_epoch))
+
+
+def write_confusion_png(path, normalised: np.ndarray, class_names: Sequence[str]) -> None:
+    _save_png(path, confusion_figure(normalised, class_names))
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(_number(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+_BASELINE_NAMES = {
+    "majority": "majority class",
+    "hist_gradient_boosting": "HistGradientBoosting (scikit-learn)",
+    "random_forest": "RandomForest (scikit-learn)",
+}
+
+
+def _preprocessing_lines(preprocessor: dict) -> list[str]:
+    numeric = preprocessor.get("numeric", {})
+    logged = [name for name, stats in numeric.items() if stats.get("log1p")]
+    encodings: dict[str, list[str]] = {}
+    for name, stats in preprocessor.get("categorical", {}).items():
+        encodings.setdefault(stats.get("encoding", "?"), []).append(name)
+    lines = [f"- Numeric features scaled with the {preprocessor.get('scaler', '?')} scaler"
+             + (f", after log1p of {', '.join(f'`{name}`' for name in logged)}" if logged else "") + "."]
+    described = {"onehot": "One-hot encoded", "ordinal": "Encoded as ordinal labels"}
+    lines += [f"- {described.get(encoding, f'Encoded {encoding}')}: " + ", ".join(f"`{name}`" for name in names) + "."
+              for encoding, names in encodings.items()]
+    lines.append("- Missing values imputed, scaling and categories fitted, on the training split only.")
+    return lines
+
+
+def model_card(*, metrics: dict, data_sha256: str, split: dict, anova: dict, preprocessor: dict,
+               feature_count: int, architecture: dict, params: dict, training: dict, multi_genre_tracks: int) -> str:
+    """The model card in Markdown. Every input is a value that is the same on every run."""
+    headline = [key for key in metrics["val"]]
+    splits = split.get("splits", {})
+    selected = anova.get("selected", [])
+    lines = [
+        "# Model card: spotify-genre MLP",
+        "",
+        "Generated by the `evaluate` stage (`python -m stages.evaluate`) from the files DVC tracks; "
+        "do not edit by hand.",
+        "",
+        "## Data",
+        "",
+        f"- Raw data: `data/raw/spotify_songs.csv`, sha256 `{data_sha256}`.",
+        "- Split grouped by `track_id` (no track in two splits), by a stable hash of the track id and "
+        f"seed {split.get('seed', '?')}.",
+        "",
+        *_table(["split", "rows", "tracks"],
+                [[name, values["rows"], values["tracks"]] for name, values in splits.items()]),
+        "",
+        f"- Selected features ({len(selected)} of {len(anova.get('features', selected))} candidates, by a one-way "
+        "ANOVA F-test on the training split): " + ", ".join(f"`{name}`" for name in selected) + ".",
+        *_preprocessing_lines(preprocessor),
+        f"- Model inputs after preprocessing: {feature_count} columns.",
+        "",
+        "## Model and parameters",
+        "",
+        "Architecture: " + ", ".join(f"{key} = {value}" for key, value in architecture.items()) + ".",
+        "",
+        "Parameters the model was trained with:",
+        "",
+        "```yaml",
+        yaml.safe_dump(params, sort_keys=False, default_flow_style=None).rstrip(),
+        "```",
+        "",
+        "## Training",
+        "",
+        *_table(["best epoch", "stopped epoch", "best validation loss"],
+                [[training.get("best_epoch", "?"), training.get("stopped_epoch", "?"),
+                  training.get("best_val_loss", "?")]]),
+        "",
+        "## Metrics",
+        "",
+        "Test split (validation in the last column; the model and its early stopping were chosen on "
+        "validation only):",
+        "",
+        *_table(["metric", "test", "validation"], [[key, metrics[key], metrics["val"][key]] for key in headline]),
+        "",
+        "Per genre, test split:",
+        "",
+        *_table(["genre", "precision", "recall", "F1", "support"],
+                [[genre, v["precision"], v["recall"], v["f1"], v["support"]]
+                 for genre, v in metrics["per_class"].items()]),
+        "",
+        "## Baselines",
+        "",
+        "Fitted on the same processed training split with the same features, scored on the test split:",
+        "",
+        *_table(["model", "accuracy", "macro-F1"],
+                [["MLP (this model)", metrics["accuracy"], metrics["f1_macro"]]]
+                + [[_BASELINE_NAMES[name], values["accuracy"], values["f1_macro"]]
+                   for name, values in metrics["baselines"].items()]),
+        "",
+    ]
+    if "beats_baselines" in metrics:
+        verdict = "beats" if metrics["beats_baselines"] else "does not beat"
+        lines += [f"The MLP {verdict} every baseline on test accuracy.", ""]
+    lines += [
+        "## Known limits",
+        "",
+        f"- Label noise: {multi_genre_tracks:,} tracks appear under more than one genre (the same song in "
+        "playlists of different genres). Each row keeps its own label, so no model can be right on all of "
+        "them.",
+        "- Labels come from playlists: a song's genre is the genre of the playlist it was found in, not an "
+        "attribute of the song, and playlist curators disagree.",
+        "- The playlist fields (`playlist_name`, `playlist_id`, `playlist_subgenre`) determine the label and "
+        "are never used as model inputs.",
+        "- The metrics come from one test split; they vary with `split.seed`.",
+        "",
+    ]
+    return "\n".join(lines)
