@@ -103,14 +103,14 @@ class TrainParams(_Section):
     threads: PositiveInt
 
 
-class EvaluateParams(_Section):
-    baselines: list[Literal["majority", "hist_gradient_boosting", "random_forest"]]
+class BaselinesParams(_Section):
+    models: list[Literal["majority", "hist_gradient_boosting", "random_forest"]]
     seed: NonNegativeInt
     rf_trees: Annotated[int, Field(ge=1, le=2000)]
     threads: Annotated[int, Field(ge=1, le=256)]
     max_train_rows: PositiveInt | None
 
-    @field_validator("baselines")
+    @field_validator("models")
     @classmethod
     def _distinct(cls, names: list[str]) -> list[str]:
         if len(set(names)) != len(names):
@@ -127,7 +127,7 @@ class Params(_Section):
     select: SelectParams
     preprocess: PreprocessParams
     train: TrainParams
-    evaluate: EvaluateParams
+    baselines: BaselinesParams
 
     @field_validator("batch_size")
     @classmethod

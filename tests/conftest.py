@@ -78,7 +78,7 @@ SYNTHETIC_OVERRIDES = {
     "data.source": "synthetic",
     "data.synthetic_rows": 3000,
     "train.max_epochs": 8,
-    "evaluate.baselines": ["majority", "hist_gradient_boosting"],
+    "baselines.models": ["majority", "hist_gradient_boosting"],
 }
 
 

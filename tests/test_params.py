@@ -13,7 +13,7 @@ from stages.errors import ParamsError
 from stages.params import Params, load_params, parse_params
 from tests.conftest import ROOT, default_params, run, tool_env, with_overrides
 
-STAGES = ("download", "split", "select", "preprocess", "train", "evaluate")
+STAGES = ("download", "split", "select", "preprocess", "baselines", "train", "evaluate")
 
 
 def _leaves(model: type[BaseModel], prefix: str = "") -> list[tuple[str, object]]:
@@ -138,7 +138,7 @@ def test_malformed_files_get_a_clear_error(tmp_path: Path, text, expected):
 def test_every_stage_validates_params_before_any_work(tmp_path: Path, stage):
     """Each stage, run as DVC runs it, refuses a typo in a section it does not even read, and writes nothing."""
     broken = default_params()
-    broken["evaluate" if stage != "evaluate" else "data"]["typo_key"] = 1
+    broken["baselines" if stage != "baselines" else "data"]["typo_key"] = 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(broken, sort_keys=False))
     env = tool_env(PYTHONPATH=str(ROOT))
     result = run(["python", "-m", f"stages.{stage}"], tmp_path, check=False, env=env)
