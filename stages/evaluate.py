@@ -20,7 +20,8 @@ from stages.files import write_json, write_text
 from stages.metrics import confusion_counts, headline_metrics, per_class_metrics, rounded, row_normalised
 from stages.params import load_params
 from stages.processed import SPLITS, ProcessedSplit, processed_path, read_processed
-from stages.report import (model_card, per_class_f1_csv, predictions_csv, write_confusion_png,
+from stages.predictions import prediction_table, predictions_csv
+from stages.report import (model_card, per_class_f1_csv, write_confusion_png,
                            write_loss_png)
 from stages.schema import GENRES, LABEL, TRACK_ID
 
@@ -55,16 +56,6 @@ def evaluation_metrics(test: ProcessedSplit, test_proba: np.ndarray, val: Proces
     if baselines:
         metrics["beats_baselines"] = all(metrics["accuracy"] > scores["accuracy"] for scores in baselines.values())
     return metrics
-
-
-def prediction_table(split: ProcessedSplit, proba: np.ndarray, class_names: tuple[str, ...] = GENRES) -> pd.DataFrame:
-    """One row per song, in split order: track_id, actual, predicted, then one probability column per class."""
-    names = np.asarray(class_names)
-    table = pd.DataFrame({"track_id": split.track_ids, "actual": names[split.labels],
-                          "predicted": names[proba.argmax(axis=1)]})
-    for i, name in enumerate(class_names):
-        table[name] = proba[:, i]
-    return table
 
 
 def multi_genre_tracks(songs: pd.DataFrame) -> int:
@@ -147,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     predict_seconds = time.perf_counter() - predict_started
 
     metrics = evaluation_metrics(splits["test"], test_proba, splits["val"], val_proba, baselines)
-    predictions = prediction_table(splits["test"], test_proba)
+    test = splits["test"]
+    predictions = prediction_table(pd.Series(test.track_ids, name=TRACK_ID), test_proba, GENRES,
+                                   actual=np.asarray(GENRES)[test.labels])
     counts = confusion_counts(splits["test"].labels, test_proba.argmax(axis=1), len(GENRES))
     best_epoch = training.get("best_epoch")
 

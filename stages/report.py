@@ -16,14 +16,9 @@ from matplotlib.figure import Figure
 
 from stages.files import write_with
 
-PROBABILITY_FORMAT = "%.6f"
 FIGURE_DPI = 100
 # Matplotlib writes its version as "Software"; PNGs carry no date, so this keeps the bytes stable.
 PNG_METADATA = {"Software": None}
-
-
-def predictions_csv(table: pd.DataFrame) -> str:
-    return table.to_csv(index=False, lineterminator="\n", float_format=PROBABILITY_FORMAT)
 
 
 def per_class_f1_csv(per_class: dict[str, dict[str, Any]]) -> str:
