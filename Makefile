@@ -35,13 +35,23 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not e2e"
 
+# The default grid (3 x 2 = 6 experiments); override on the command line, e.g.
+#   make sweep SWEEP_LR=0.003,0.03 SWEEP_BATCH=64 SWEEP_JOBS=1
 SWEEP_LR ?= 0.01,0.03,0.1
 SWEEP_BATCH ?= 128,512
+SWEEP_JOBS ?= 2
+# `dvc exp show` columns kept for the comparison: the swept params beside test accuracy and macro-F1.
+SWEEP_COLUMNS := ^(Experiment|(params\.yaml:)?(lr|momentum|batch_size)|(reports/metrics\.json:)?(accuracy|f1_macro))$$
+# Queue the grid under one name, run it, print every failed run's log, compare, and fail if any run failed.
 sweep: $(STAMP)
-	$(BIN)/dvc exp run --queue -S 'lr=$(SWEEP_LR)' -S 'batch_size=$(SWEEP_BATCH)'
-	$(BIN)/dvc queue start -j 1
-	$(BIN)/python -m stages.sweep_wait
-	$(BIN)/dvc exp show --only-changed --sort-by reports/metrics.json:accuracy --sort-order desc --md
+	@set -e; name=sweep-$$(date +%Y%m%d-%H%M%S); \
+	$(BIN)/dvc exp run --queue --name $$name -S 'lr=$(SWEEP_LR)' -S 'batch_size=$(SWEEP_BATCH)'; \
+	$(BIN)/dvc exp run --run-all --jobs $(SWEEP_JOBS); \
+	failed=$$($(BIN)/dvc queue status | awk -v p="$$name-" 'index($$2, p) == 1 && $$NF == "Failed" { print $$2 }'); \
+	for exp in $$failed; do echo; echo "--- dvc queue logs $$exp"; $(BIN)/dvc queue logs $$exp; done; \
+	echo; $(BIN)/dvc exp show --md --sort-by reports/metrics.json:accuracy --sort-order desc --hide-failed \
+	  --drop '.*' --keep '$(SWEEP_COLUMNS)'; \
+	if [ -n "$$failed" ]; then echo "make sweep: failed:" $$failed "(logs above)" >&2; exit 1; fi
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -1,0 +1,140 @@
+"""Experiments: `dvc exp run -S`, and `make sweep` through DVC's queue, in a temporary project on synthetic data."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import BIN, ROOT, SYNTHETIC_OVERRIDES, make_project, run
+
+pytestmark = pytest.mark.e2e
+
+# A few epochs are enough to tell experiments apart.
+OVERRIDES = {**SYNTHETIC_OVERRIDES, "train.max_epochs": 2, "baselines.models": ["majority"]}
+METRICS = "reports/metrics.json"
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> Path:
+    """The pipeline run once on synthetic data and committed: the baseline every experiment starts from."""
+    repo = make_project(tmp_path_factory.mktemp("experiments") / "project", OVERRIDES)
+    run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "baseline"], repo)
+    yield repo
+    run(["dvc", "queue", "stop"], repo, check=False)
+
+
+@pytest.fixture
+def project(baseline: Path) -> Path:
+    """The baseline's workspace as committed, whatever an earlier test applied to it."""
+    run(["git", "reset", "-q", "--hard"], baseline)
+    run(["dvc", "checkout", "-q", "--force"], baseline)
+    return baseline
+
+
+def experiments(repo: Path) -> dict[str, dict]:
+    """`dvc exp show --json`, as {experiment name: {"params": params.yaml, "metrics": reports/metrics.json}}."""
+    found = {}
+    for commit in json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout):
+        for exp in commit.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev.get("data") or {}
+                found[rev.get("name") or rev["rev"]] = {
+                    "params": data["params"]["params.yaml"]["data"],
+                    "metrics": (data.get("metrics") or {}).get(METRICS, {}).get("data"),
+                }
+    return found
+
+
+def queue_status(repo: Path) -> dict[str, str]:
+    """{experiment name: Queued, Running, Success or Failed}, from `dvc queue status`."""
+    statuses = {}
+    for line in run(["dvc", "queue", "status"], repo).stdout.splitlines():
+        cells = line.split()
+        if len(cells) >= 4 and cells[-1] in {"Queued", "Running", "Success", "Failed"}:
+            statuses[cells[1]] = cells[-1]
+    return statuses
+
+
+def stages(repo: Path) -> list[str]:
+    return list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
+
+
+def assert_metric_values(metrics: dict | None) -> None:
+    assert metrics is not None
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["f1_macro"] <= 1.0
+
+
+def test_exp_run_with_a_new_lr_reruns_only_train_and_evaluate(project):
+    result = run(["dvc", "exp", "run", "--name", "lr-tenth", "-S", "lr=0.01"], project)
+
+    assert re.findall(r"Running stage '([^']+)'", result.stdout) == ["train", "evaluate"]
+    for stage in set(stages(project)) - {"train", "evaluate"}:
+        assert f"Stage '{stage}' didn't change, skipping" in result.stdout
+    recorded = experiments(project)["lr-tenth"]
+    assert recorded["params"]["lr"] == 0.01
+    assert_metric_values(recorded["metrics"])
+    assert yaml.safe_load((project / "params.yaml").read_text())["lr"] == 0.01, "the result is applied"
+
+
+def test_make_sweep_runs_the_grid_compares_it_and_fails_loudly_on_a_bad_run(project):
+    venv = BIN.parent
+    sweep = run(["make", "-f", str(ROOT / "Makefile"), "-o", str(venv / ".installed"), "sweep", f"VENV={venv}",
+                 "SWEEP_LR=0.02,0.03,-1", "SWEEP_BATCH=128", "SWEEP_JOBS=2"], project, check=False)
+    output = sweep.stdout + sweep.stderr
+
+    assert sweep.returncode != 0, output
+    names = re.findall(r"Queued experiment '([^']+)'", sweep.stdout)
+    assert len(names) == 3 and len({name.rsplit("-", 1)[0] for name in names}) == 1, output
+    good, bad = names[:2], names[2]
+    status = queue_status(project)
+    assert {name: status.get(name) for name in names} == {good[0]: "Success", good[1]: "Success", bad: "Failed"}
+
+    logs = run(["dvc", "queue", "logs", bad], project).stdout
+    errors = [line for line in logs.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "lr" in errors[0], logs
+    assert "Traceback" not in logs
+    assert f"--- dvc queue logs {bad}" in sweep.stdout and errors[0] in sweep.stdout
+    assert f"make sweep: failed: {bad}" in sweep.stderr
+
+    recorded = experiments(project)
+    assert [recorded[name]["params"]["lr"] for name in good] == [0.02, 0.03]
+    assert all(recorded[name]["params"]["batch_size"] == 128 for name in good)
+    for name in good:
+        assert_metric_values(recorded[name]["metrics"])
+
+    table = [row for row in sweep.stdout.splitlines() if row.startswith("|")]
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    assert {"Experiment", "accuracy", "f1_macro", "lr", "batch_size"} <= set(header), table[0]
+    rows = {name: row for name in names for row in table if f"[{name}]" in row}
+    assert set(rows) == set(good), "the table lists the finished runs and hides the failed one"
+    for name in good:
+        cells = dict(zip(header, (cell.strip() for cell in rows[name].strip("|").split("|"))))
+        assert float(cells["accuracy"]) == pytest.approx(recorded[name]["metrics"]["accuracy"], abs=1e-4)
+        assert float(cells["f1_macro"]) == pytest.approx(recorded[name]["metrics"]["f1_macro"], abs=1e-4)
+
+
+def test_exp_push_and_pull_share_an_experiment_through_git_and_the_remote(project, tmp_path):
+    origin, cache = tmp_path / "origin.git", tmp_path / "dvc-remote"
+    run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path)
+    run(["git", "push", "-q", str(origin), "main"], project)
+    run(["dvc", "remote", "add", "--local", "-d", "team", str(cache)], project)
+    run(["dvc", "exp", "run", "--name", "shared", "-S", "momentum=0.8"], project)
+    pushed = run(["dvc", "exp", "push", str(origin), "shared"], project)
+    assert "Pushed experiment shared" in pushed.stdout
+
+    teammate = tmp_path / "teammate"
+    run(["git", "clone", "-q", str(origin), str(teammate)], tmp_path)
+    run(["dvc", "remote", "add", "--local", "-d", "team", str(cache)], teammate)
+    assert "shared" in run(["dvc", "exp", "list", str(origin)], teammate).stdout
+    run(["dvc", "exp", "pull", str(origin), "shared"], teammate)
+    assert experiments(teammate)["shared"] == experiments(project)["shared"]
+    run(["dvc", "exp", "apply", "shared"], teammate)
+    assert "Data and pipelines are up to date." in run(["dvc", "status"], teammate).stdout
+    for out in ("models/model.pt", METRICS):
+        assert (teammate / out).read_bytes() == (project / out).read_bytes(), out
