@@ -3,19 +3,45 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        pass
+    return True
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Delete the temporary files of earlier writes of `target` by processes that were killed (SIGKILL) mid-write."""
+    name = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[^.]+\.tmp")
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        found = name.fullmatch(leftover.name)
+        if found and int(found[1]) != os.getpid() and not _alive(int(found[1])):
+            leftover.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path in the target's folder; rename it onto `path` only if the block succeeds.
+
+    The temporary file is named `.<name>.<pid>.<random>.tmp`, so that a later write of the same target can tell
+    the leftovers of a killed writer from a live writer's file.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    _remove_leftovers(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
