@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 import numpy as np
@@ -98,25 +99,28 @@ def _check_header(header: list[str], required: tuple[str, ...], where: str, allo
 def read_songs(source: str | IO[bytes], where: str, *, required: tuple[str, ...] = COLUMN_NAMES,
                allow_extra: bool = False) -> pd.DataFrame:
     """Parse a songs CSV (a path or a binary stream): header and cell types. Values are checked by row_problems."""
-    data = source.read() if hasattr(source, "read") else open(source, "rb").read()
-    if not data.strip():
+    # The CSV is parsed from its bytes: a copy as text, let alone the 4 bytes a character of io.StringIO, would
+    # cost several times the file's size in memory on large inputs.
+    data = source.read() if hasattr(source, "read") else Path(source).read_bytes()
+    if not data or data.isspace():
         raise DataError(f"{where}: empty file; expected a CSV with a header and song rows")
     try:
-        text = data.decode("utf-8")
+        data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         raise DataError(f"{where}: line {line}: not UTF-8 text (undecodable byte at offset {error.start})") from None
-    if "\x00" in text:
+    if b"\x00" in data:  # in UTF-8 a zero byte is only ever the NUL character
         raise DataError(f"{where}: binary data (NUL bytes), not a CSV")
-    header = next(csv.reader(io.StringIO(text[: text.find("\n") if "\n" in text else len(text)])), [])
+    first_line = data[: data.find(b"\n")] if b"\n" in data else data
+    header = next(csv.reader(io.StringIO(first_line.decode("utf-8"))), [])
     header = [name.strip().lstrip("\ufeff") for name in header]
     _check_header(header, required, where, allow_extra)
     kept = [name for name in header if name in BY_NAME]
     try:
-        frame = pd.read_csv(io.StringIO(text), usecols=kept, dtype=_dtypes(kept), keep_default_na=False,
-                            na_values={name: [""] for name in kept}, skipinitialspace=False)
+        frame = pd.read_csv(io.BytesIO(data), encoding="utf-8", usecols=kept, dtype=_dtypes(kept),
+                            keep_default_na=False, na_values={name: [""] for name in kept}, skipinitialspace=False)
     except ValueError:
-        frame = _read_as_text_and_locate(text, kept, where)
+        frame = _read_as_text_and_locate(data, kept, where)
     except pd.errors.ParserError as error:
         raise DataError(f"{where}: malformed CSV ({str(error).strip().splitlines()[-1]})") from None
     if frame.empty:
@@ -124,9 +128,9 @@ def read_songs(source: str | IO[bytes], where: str, *, required: tuple[str, ...]
     return frame
 
 
-def _read_as_text_and_locate(text: str, kept: list[str], where: str) -> pd.DataFrame:
+def _read_as_text_and_locate(data: bytes, kept: list[str], where: str) -> pd.DataFrame:
     """Slow path, taken only when a numeric cell does not parse: find and name the first bad cell."""
-    raw = pd.read_csv(io.StringIO(text), usecols=kept, dtype=str, keep_default_na=False)
+    raw = pd.read_csv(io.BytesIO(data), encoding="utf-8", usecols=kept, dtype=str, keep_default_na=False)
     header_rows = (raw[kept] == pd.Series(kept, index=kept)).all(axis=1)
     if header_rows.any():
         raise DataError(f"{where}: line {int(np.flatnonzero(header_rows)[0]) + 2} repeats the header inside the data")

@@ -177,7 +177,9 @@ def check_songs(csv: bytes, where: str, sha256: str | None) -> int:
 
 
 def synthetic_csv(rows: int, seed: int) -> bytes:
-    return synthetic_songs(rows, seed).to_csv(index=False, lineterminator="\n").encode("utf-8")
+    buffer = io.BytesIO()  # written a chunk of rows at a time: never the whole CSV as text and as bytes at once
+    synthetic_songs(rows, seed).to_csv(buffer, index=False, lineterminator="\n", encoding="utf-8")
+    return buffer.getvalue()
 
 
 # --- local files ------------------------------------------------------------------------------------------

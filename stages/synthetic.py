@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 
@@ -21,11 +23,35 @@ _GENRE_MEANS = np.array([
 _GENRE_TEMPO = np.array([125.0, 118.0, 121.0, 112.0, 120.0, 124.0])
 _GENRE_YEAR = np.array([2016.0, 2015.0, 2014.0, 2010.0, 2015.0, 1995.0])
 _GENRE_POPULARITY = np.array([35.0, 47.0, 47.0, 41.0, 43.0, 41.0])
+_SUBGENRES_PER_GENRE = 4
+_BLOCK_ROWS = 65_536
+_SUBGENRES = np.array([f"{genre} sub {k}" for genre in GENRES for k in range(_SUBGENRES_PER_GENRE)])
 
 
 def _ids(rng: np.random.Generator, count: int) -> np.ndarray:
-    letters = _ALPHABET[rng.integers(0, len(_ALPHABET), size=(count, 22))]
-    return np.array(["".join(row) for row in letters])
+    """Random 22-character ids, drawn a block of rows at a time: the same numbers as one (count, 22) draw,
+    without its 176 bytes a row of int64."""
+    blocks = [_ALPHABET[rng.integers(0, len(_ALPHABET), size=(min(_BLOCK_ROWS, count - start), 22))]
+              for start in range(0, count, _BLOCK_ROWS)]
+    blocks = [letters.view("<U22")[:, 0] for letters in blocks]  # each row's 22 letters as one string
+    return np.concatenate(blocks) if blocks else np.array([], dtype="<U22")
+
+
+def _digits(numbers: np.ndarray, width: int = 1) -> np.ndarray:
+    """Non-negative integers in decimal, zero-padded to `width` (f"{n:0{width}d}"), as a numpy string array."""
+    numbers = np.asarray(numbers)
+    longest = len(str(int(numbers.max()))) if numbers.size else 1
+    return np.char.zfill(numbers.astype(f"<U{max(longest, width)}"), width)
+
+
+def _join(*parts) -> np.ndarray:
+    """Element-wise string concatenation, column by column: a Python string per row costs ~10x the time."""
+    return functools.reduce(np.char.add, parts)
+
+
+def _text(values: np.ndarray) -> pd.Series:
+    """A text column in pandas' own string storage, built now so that the wide numpy array can go."""
+    return pd.Series(values)
 
 
 def synthetic_songs(rows: int, seed: int) -> pd.DataFrame:
@@ -37,26 +63,28 @@ def synthetic_songs(rows: int, seed: int) -> pd.DataFrame:
     month = rng.integers(1, 13, rows)
     day = rng.integers(1, 29, rows)
     precision = rng.choice(3, size=rows, p=[0.06, 0.01, 0.93])
-    dates = np.where(precision == 0, [f"{y}" for y in year],
-                     np.where(precision == 1, [f"{y}-{m:02d}" for y, m in zip(year, month)],
-                              [f"{y}-{m:02d}-{d:02d}" for y, m, d in zip(year, month, day)]))
+    year_month = _join(_digits(year), "-", _digits(month, 2))
+    dates = _text(np.where(precision == 0, _digits(year),
+                           np.where(precision == 1, year_month, _join(year_month, "-", _digits(day, 2)))))
+    del year_month
     track_ids = _ids(rng, rows)
     repeats = rng.random(rows) < 0.125
     track_ids[repeats] = track_ids[rng.integers(0, rows, size=int(repeats.sum()))]
-    subgenre = np.array([f"{GENRES[g]} sub {rng.integers(0, 4)}" for g in genre])
+    # One draw per row, in row order: the same numbers as a scalar rng.integers(0, 4) call per row.
+    subgenre = _SUBGENRES[genre * _SUBGENRES_PER_GENRE + rng.integers(0, _SUBGENRES_PER_GENRE, size=rows)]
     playlist_number = rng.integers(0, 20, rows)
     table = {
-        "track_id": track_ids,
-        "track_name": [f"Song {i}" for i in range(rows)],
-        "track_artist": [f"Artist {a}" for a in rng.integers(0, max(rows // 10, 1), rows)],
+        "track_id": _text(track_ids),
+        "track_name": _text(_join("Song ", _digits(np.arange(rows)))),
+        "track_artist": _text(_join("Artist ", _digits(rng.integers(0, max(rows // 10, 1), rows)))),
         "track_popularity": np.clip(np.round(_GENRE_POPULARITY[genre] + rng.normal(0, 20, rows)), 0, 100).astype(int),
-        "track_album_id": _ids(rng, rows),
-        "track_album_name": [f"Album {i}" for i in rng.integers(0, max(rows // 3, 1), rows)],
+        "track_album_id": _text(_ids(rng, rows)),
+        "track_album_name": _text(_join("Album ", _digits(rng.integers(0, max(rows // 3, 1), rows)))),
         "track_album_release_date": dates,
-        "playlist_name": [f"{s} mix {p}" for s, p in zip(subgenre, playlist_number)],
-        "playlist_id": [f"pl{g}{p:03d}" for g, p in zip(genre, playlist_number)],
-        "playlist_genre": np.array(GENRES)[genre],
-        "playlist_subgenre": subgenre,
+        "playlist_name": _text(_join(subgenre, " mix ", _digits(playlist_number))),
+        "playlist_id": _text(_join("pl", _digits(genre), _digits(playlist_number, 3))),
+        "playlist_genre": _text(np.array(GENRES)[genre]),
+        "playlist_subgenre": _text(subgenre),
         **{name: np.round(unit[:, i], 4) for i, name in enumerate(_UNIT_FEATURES[:2])},
         "key": rng.integers(0, 12, rows),
         "loudness": np.round(np.clip(-6.5 - 3.0 * (genre == 3) + rng.normal(0, 2.8, rows), -46.0, 1.2), 3),

@@ -1,0 +1,5 @@
+"""Benchmarks of the pipeline (`make bench`, `python -m bench`): speed, training throughput, scaling, predict.
+
+Everything runs in throwaway copies of the project under a temporary folder; the results go to
+reports/bench.json and reports/bench.md. See `python -m bench --help`.
+"""
