@@ -54,7 +54,7 @@ sweep: $(STAMP)
 	if [ -n "$$failed" ]; then echo "make sweep: failed:" $$failed "(logs above)" >&2; exit 1; fi
 
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lock: | $(BIN)/python
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
