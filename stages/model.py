@@ -6,6 +6,7 @@ Shared by the train and evaluate stages and the predict command.
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import re
@@ -23,6 +24,9 @@ from stages.files import write_with
 
 BUNDLE_FORMAT = 1
 ARCHITECTURE_KEYS = ("n_features", "n_classes", "hidden_sizes", "dropout")
+# Optional: absent or None, the inputs go straight into the MLP.
+EMBEDDING_KEY = "embedding"
+EMBEDDING_KEYS = ("columns", "frequencies", "dim", "sigma")
 _PLAIN = (str, int, float, bool, type(None))
 
 
@@ -36,15 +40,58 @@ class _Dropout(nn.Dropout):
         return inputs * scale
 
 
-def build_mlp(n_features: int, n_classes: int, hidden_sizes: Sequence[int], dropout: float) -> nn.Module:
-    """Each hidden layer Linear → BatchNorm1d → ReLU → Dropout; a final Linear gives the logits."""
-    layers: list[nn.Module] = []
+class PeriodicEmbedding(nn.Module):
+    """Each input x_i -> ReLU(W_i [sin(2π c_i x_i), cos(2π c_i x_i)] + b_i), with `frequencies` learned c_i drawn
+    from N(0, sigma²) and a linear map of its own per input: the "PLR" embedding of Gorishniy et al. (2022), "On
+    Embeddings for Numerical Features in Tabular Deep Learning". It lets the MLP cut a feature into ranges, as a
+    tree does, where a plain linear layer only sees it as a slope."""
+
+    def __init__(self, n_inputs: int, frequencies: int, dim: int, sigma: float):
+        super().__init__()
+        self.frequencies = nn.Parameter(torch.randn(n_inputs, frequencies) * sigma)
+        bound = 1.0 / math.sqrt(2 * frequencies)
+        self.weight = nn.Parameter(torch.empty(n_inputs, 2 * frequencies, dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n_inputs, dim).uniform_(-bound, bound))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        angles = (2.0 * math.pi) * inputs.unsqueeze(-1) * self.frequencies
+        periodic = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+        return torch.relu(torch.einsum("rik,ikd->rid", periodic, self.weight) + self.bias).flatten(1)
+
+
+class EmbeddedMLP(nn.Module):
+    """The embedded columns through a PeriodicEmbedding, the other columns as they are, then the MLP."""
+
+    def __init__(self, n_features: int, columns: Sequence[int], embedding: PeriodicEmbedding, mlp: nn.Sequential):
+        super().__init__()
+        self.embedding, self.mlp = embedding, mlp
+        passed = [i for i in range(n_features) if i not in set(columns)]
+        self.register_buffer("embedded", torch.tensor(list(columns), dtype=torch.long), persistent=False)
+        self.register_buffer("passed", torch.tensor(passed, dtype=torch.long), persistent=False)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([self.embedding(inputs[:, self.embedded]), inputs[:, self.passed]], dim=1))
+
+
+def build_mlp(n_features: int, n_classes: int, hidden_sizes: Sequence[int], dropout: float,
+              embedding: dict[str, Any] | None = None) -> nn.Module:
+    """Each hidden layer Linear → BatchNorm1d → ReLU → Dropout; a final Linear gives the logits.
+
+    `embedding` ({columns, frequencies, dim, sigma}): those input columns go through a PeriodicEmbedding first."""
     width = n_features
+    if embedding is not None:
+        width += len(embedding["columns"]) * (embedding["dim"] - 1)
+    layers: list[nn.Module] = []
     for size in hidden_sizes:
         layers += [nn.Linear(width, size), nn.BatchNorm1d(size), nn.ReLU(), _Dropout(dropout)]
         width = size
     layers.append(nn.Linear(width, n_classes))
-    return nn.Sequential(*layers)
+    mlp = nn.Sequential(*layers)
+    if embedding is None:
+        return mlp
+    periodic = PeriodicEmbedding(len(embedding["columns"]), embedding["frequencies"], embedding["dim"],
+                                 embedding["sigma"])
+    return EmbeddedMLP(n_features, embedding["columns"], periodic, mlp)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,8 +197,8 @@ def _check_types(path: Path, raw: dict) -> None:
     need(isinstance(state, dict) and all(isinstance(value, torch.Tensor) for value in state.values()),
          "state_dict", "a mapping of names to tensors")
     arch = raw["architecture"]
-    need(isinstance(arch, dict) and set(arch) == set(ARCHITECTURE_KEYS), "architecture",
-         f"a mapping with exactly {', '.join(ARCHITECTURE_KEYS)}")
+    need(isinstance(arch, dict) and set(ARCHITECTURE_KEYS) <= set(arch) <= {*ARCHITECTURE_KEYS, EMBEDDING_KEY},
+         "architecture", f"a mapping with exactly {', '.join(ARCHITECTURE_KEYS)} (and optionally {EMBEDDING_KEY})")
     need(isinstance(arch["n_features"], int) and arch["n_features"] == len(raw["feature_names"]),
          "architecture.n_features", f"the number of feature names ({len(raw['feature_names'])})")
     need(isinstance(arch["n_classes"], int) and arch["n_classes"] == len(raw["class_names"]),
@@ -162,6 +209,17 @@ def _check_types(path: Path, raw: dict) -> None:
     need(isinstance(arch["dropout"], (int, float)) and not isinstance(arch["dropout"], bool)
          and 0.0 <= arch["dropout"] < 1.0, "architecture.dropout",
          "a number in [0, 1)")
+    embedding = arch.get(EMBEDDING_KEY)
+    if embedding is not None:
+        positive = isinstance(embedding, dict) and all(
+            type(embedding.get(key)) is int and embedding[key] > 0 for key in ("frequencies", "dim"))
+        columns = embedding.get("columns") if isinstance(embedding, dict) else None
+        need(positive and set(embedding) == set(EMBEDDING_KEYS) and isinstance(columns, list) and columns
+             and all(type(i) is int and 0 <= i < arch["n_features"] for i in columns)
+             and len(set(columns)) == len(columns)
+             and type(embedding["sigma"]) in (int, float) and embedding["sigma"] > 0,
+             "architecture.embedding", f"null or a mapping of {', '.join(EMBEDDING_KEYS)}: distinct input columns, "
+             "positive sizes")
 
 
 def _mismatch(path: Path, what: str, bundle: Sequence[str], given: Sequence[str]) -> str:

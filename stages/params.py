@@ -42,6 +42,7 @@ class SplitParams(_Section):
     test_size: Fraction
     seed: NonNegativeInt
     missing: Literal["drop", "impute"]
+    group_by: Literal["track_id", "track_artist"]
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> SplitParams:
@@ -71,10 +72,41 @@ class SelectParams(_Section):
         return candidates
 
 
+class TextParams(_Section):
+    fields: list[str]
+    buckets: Annotated[int, Field(ge=16, le=1_048_576)]
+    ngram_min: Annotated[int, Field(ge=1, le=8)]
+    ngram_max: Annotated[int, Field(ge=1, le=8)]
+    alpha: Annotated[float, Field(gt=0.0, le=100.0)]
+    folds: Annotated[int, Field(ge=2, le=20)]
+
+    @field_validator("fields")
+    @classmethod
+    def _known_and_safe(cls, fields: list[str]) -> list[str]:
+        from stages.text import TEXT_FIELDS
+
+        for name in fields:
+            if name in PLAYLIST_FIELDS:
+                raise ValueError(f"{name!r} is a playlist field: it determines the genre and must never be a "
+                                 "model input")
+            if name not in TEXT_FIELDS:
+                raise ValueError(f"unknown text field {name!r}; text fields are {', '.join(TEXT_FIELDS)}")
+        if len(set(fields)) != len(fields):
+            raise ValueError("a field is listed twice")
+        return fields
+
+    @model_validator(mode="after")
+    def _ngram_range(self) -> TextParams:
+        if self.ngram_min > self.ngram_max:
+            raise ValueError("ngram_min must not exceed ngram_max")
+        return self
+
+
 class PreprocessParams(_Section):
     categorical: Literal["onehot", "ordinal"]
     scaler: Literal["standard", "robust"]
     log_transform: list[str]
+    text: TextParams
 
     @field_validator("log_transform")
     @classmethod
@@ -87,20 +119,40 @@ class PreprocessParams(_Section):
         return names
 
 
+class EmbeddingParams(_Section):
+    kind: Literal["periodic", "none"]
+    frequencies: Annotated[int, Field(ge=1, le=256)]
+    dim: Annotated[int, Field(ge=1, le=256)]
+    sigma: Annotated[float, Field(gt=0.0, le=100.0)]
+
+
 class TrainParams(_Section):
     max_epochs: PositiveInt
     patience: PositiveInt
     min_delta: Annotated[float, Field(ge=0.0)]
+    optimizer: Literal["sgd", "adamw"]
     weight_decay: Annotated[float, Field(ge=0.0)]
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)]
     hidden_sizes: Annotated[list[PositiveInt], Field(min_length=1)]
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
+    embedding: EmbeddingParams
     schedule: Literal["plateau", "cosine", "step", "none"]
+    warmup_epochs: NonNegativeInt
     step_size: PositiveInt
     gamma: Annotated[float, Field(gt=0.0, le=1.0)]
     plateau_patience: NonNegativeInt
     seed: NonNegativeInt
     device: Literal["auto", "cpu", "cuda"]
     threads: PositiveInt
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainParams:
+        if self.warmup_epochs and self.schedule == "plateau":
+            raise ValueError("warmup_epochs needs schedule cosine, step or none (plateau sets the rate from the "
+                             "validation loss); set warmup_epochs to 0")
+        if self.warmup_epochs >= self.max_epochs:
+            raise ValueError("warmup_epochs must be less than max_epochs")
+        return self
 
 
 class BaselinesParams(_Section):

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 
 from stages.errors import BundleError, DataError, ParamsError, PipelineError, exits_cleanly
-from stages.features import DERIVED_FEATURES, candidate_features
+from stages.features import DERIVED_FEATURES
 from stages.files import write_text
 from stages.predictions import prediction_table, predictions_csv
-from stages.preprocessing import load_preprocessor
+from stages.preprocessing import load_preprocessor, model_inputs
 from stages.schema import BY_NAME, INPUT_COLUMNS, RELEASE_DATE, TRACK_ID, read_songs, row_problems
 
 STDIO = "-"
@@ -32,10 +32,12 @@ EXIT_CODES = """exit codes:
   130  interrupted"""
 
 
-def required_columns(input_features: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """The raw columns the model's input features are derived from, in schema order."""
+def required_columns(input_features: tuple[str, ...] | list[str], text_fields: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The raw columns the model's inputs are derived from: those of its features, in schema order, then the text
+    fields it scores."""
     derived = any(name in DERIVED_FEATURES for name in input_features)
-    return tuple(name for name in INPUT_COLUMNS if name in input_features or (name == RELEASE_DATE and derived))
+    numeric = tuple(name for name in INPUT_COLUMNS if name in input_features or (name == RELEASE_DATE and derived))
+    return numeric + tuple(field for field in text_fields if field not in numeric)
 
 
 def invalid_cells(data: bytes) -> tuple[bytes, pd.DataFrame] | None:
@@ -196,10 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         raise BundleError(f"{args.model}: no model bundle there (train one with `dvc repro`, or pass --model)")
 
     where = "<stdin>" if args.input == STDIO else args.input
-    songs, problems = read_input(_read_bytes(args.input), where, required_columns(preprocessor.input_features))
+    songs, problems = read_input(_read_bytes(args.input), where, required_columns(preprocessor.input_features, preprocessor.text_fields))
     songs, ids, skipped = valid_songs(songs, problems, where, args.skip_invalid)
     sys.stderr.write("".join(f"{line}\n" for line in skipped))
-    features = preprocessor.transform(candidate_features(songs, preprocessor.input_features))
+    features = model_inputs(preprocessor, songs)
 
     from stages.model import load_bundle, predict_proba  # torch loads only once the input is known to be good
 

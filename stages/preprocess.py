@@ -1,4 +1,4 @@
-"""Fit the preprocessor on the training split, apply it to all three splits, and save it as JSON."""
+"""Fit the preprocessor on the training split, apply it to all three splits, and save it (JSON and .npz)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from typing import Any
 import pandas as pd
 
 from stages.errors import DataError, exits_cleanly
-from stages.features import CANDIDATE_FEATURES, candidate_features
+from stages.features import CANDIDATE_FEATURES
+from stages.groups import GROUP_BY, group_keys
 from stages.params import PreprocessParams, load_params
-from stages.preprocessing import Preprocessor, encode_labels, fit_preprocessor, save_preprocessor
+from stages.preprocessing import Preprocessor, encode_labels, fit_model_inputs, model_inputs, save_preprocessor
 from stages.processed import SPLITS, ProcessedSplit, processed_path, write_processed
 from stages.schema import COLUMN_NAMES, LABEL, TRACK_ID
 
@@ -24,12 +25,16 @@ PREPROCESSOR = Path("models/preprocessor.json")
 
 
 def preprocess_splits(splits: dict[str, pd.DataFrame], selected: list[str], params: PreprocessParams,
-                      data_sha256: str) -> tuple[Preprocessor, dict[str, ProcessedSplit]]:
-    """Fit on splits['train'] alone, then transform every split with what was learned there."""
-    pre = fit_preprocessor(candidate_features(splits["train"], selected), params, data_sha256=data_sha256)
+                      data_sha256: str, group_by: str = "track_id") -> tuple[Preprocessor, dict[str, ProcessedSplit]]:
+    """Fit on splits['train'] alone, then transform every other split with what was learned there.
+
+    The training rows' text scores are out of fold, by the split's groups (`group_by`)."""
+    train = splits["train"]
+    pre, train_inputs = fit_model_inputs(train, selected, params, data_sha256=data_sha256,
+                                         groups=group_keys(train, group_by))
     processed = {
         name: ProcessedSplit(
-            features=pre.transform(candidate_features(songs, selected)),
+            features=train_inputs if name == "train" else model_inputs(pre, songs),
             labels=encode_labels(songs[LABEL]),
             track_ids=songs[TRACK_ID].to_numpy(dtype=str),
             feature_names=pre.output_features,
@@ -64,6 +69,14 @@ def _data_sha256(report: Any) -> str:
     return sha
 
 
+def _group_by(report: Any) -> str:
+    """How the split grouped songs (a report from before split.group_by existed grouped by track)."""
+    group_by = report.get("group_by", "track_id") if isinstance(report, dict) else None
+    if group_by not in GROUP_BY:
+        raise DataError(f"{SPLIT_REPORT}: 'group_by' must be one of {', '.join(GROUP_BY)}; run `dvc repro split` again")
+    return group_by
+
+
 def _read_split(name: str) -> pd.DataFrame:
     path = SPLIT_DIR / f"{name}.parquet"
     try:
@@ -80,13 +93,15 @@ def _read_split(name: str) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     params = load_params()
     selected = _selected_features(_read_json(ANOVA_REPORT, "select"))
-    data_sha256 = _data_sha256(_read_json(SPLIT_REPORT, "split"))
+    split_report = _read_json(SPLIT_REPORT, "split")
     splits = {name: _read_split(name) for name in SPLITS}
-    pre, processed = preprocess_splits(splits, selected, params.preprocess, data_sha256)
+    pre, processed = preprocess_splits(splits, selected, params.preprocess, _data_sha256(split_report),
+                                       _group_by(split_report))
     for name, split in processed.items():
         write_processed(processed_path(name), split)
     save_preprocessor(PREPROCESSOR, pre)
-    print(f"preprocess: {len(pre.input_features)} features -> {len(pre.output_features)} model inputs; "
+    text = f" and {len(pre.text)} text fields" if pre.text else ""
+    print(f"preprocess: {len(pre.input_features)} features{text} -> {len(pre.output_features)} model inputs; "
           + ", ".join(f"{name} {len(split.labels)} rows" for name, split in processed.items()))
     return 0
 

@@ -1,10 +1,13 @@
-"""Split songs into train/val/test by a stable hash of (seed, track_id): no track on two sides, ever.
+"""Split songs into train/val/test by a stable hash of (seed, group): no track on two sides, ever.
 
-A track's split depends only on its id and the seed, so adding songs never moves a track that was already
-assigned, and every row of a track lands in the same split. That stability is also the limit on
-stratification: a split that may not look at other tracks is a random sample of tracks, so each genre's
-share in it matches the whole in expectation, within sampling noise (about one point on this dataset's
-validation split). reports/split.json records each split's class mix and its largest gap from the whole.
+The group is the track (split.group_by: track_id) or the track's artist (track_artist: no artist on two sides,
+so the test measures genres of artists the model has never met; see stages/groups.py). A group's split depends
+only on its key and the seed, so adding songs never moves a track that was already assigned, and every row of a
+group lands in the same split. That stability is also the limit on stratification: a split that may not look
+at other groups is a random sample of groups, so each genre's share in it matches the whole in expectation,
+within sampling noise (about one point on this dataset's validation split when grouping by track; more by
+artist, whose groups are larger). reports/split.json records each split's class mix and its largest gap from
+the whole.
 
 Missing values: only the release date may be empty in valid songs (the schema refuses every other gap);
 `split.missing` drops those rows, or keeps them for the preprocessor to impute from training statistics.
@@ -22,6 +25,7 @@ import pandas as pd
 
 from stages.errors import DataError, exits_cleanly
 from stages.files import write_json, write_parquet
+from stages.groups import group_keys
 from stages.params import SplitParams, load_params
 from stages.schema import COLUMNS, GENRES, LABEL, RELEASE_DATE, TRACK_ID, read_songs, validate_songs
 
@@ -31,21 +35,21 @@ REPORT = Path("reports/split.json")
 SPLITS = ("train", "val", "test")
 # Required for the release-year/month/precision features, and the only feature source the schema lets be empty.
 MISSING_FIELDS = (RELEASE_DATE,)
-METHOD = ("u = first 8 bytes of sha256('<seed>:<track_id>') / 2**64; "
+METHOD = ("u = first 8 bytes of sha256('<seed>:<group>') / 2**64; "
           "test if u < test_size, val if u < test_size + val_size, else train")
 
 
-def track_fractions(track_ids: pd.Series, seed: int) -> np.ndarray:
-    """Each row's uniform [0, 1) draw, a pure function of (seed, track_id)."""
-    codes, unique = pd.factorize(track_ids, sort=False)
-    draws = np.array([int.from_bytes(hashlib.sha256(f"{seed}:{track}".encode()).digest()[:8], "big")
-                      for track in unique], dtype=np.float64) / 2.0**64
+def track_fractions(keys: pd.Series, seed: int) -> np.ndarray:
+    """Each row's uniform [0, 1) draw, a pure function of (seed, key): the key is a track id or a group key."""
+    codes, unique = pd.factorize(keys, sort=False)
+    draws = np.array([int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big")
+                      for key in unique], dtype=np.float64) / 2.0**64
     return draws[codes]
 
 
-def assign_splits(track_ids: pd.Series, params: SplitParams) -> np.ndarray:
-    """'train', 'val' or 'test' for every row."""
-    u = track_fractions(track_ids, params.seed)
+def assign_splits(keys: pd.Series, params: SplitParams) -> np.ndarray:
+    """'train', 'val' or 'test' for every row, from its group key (its track id when grouping by track)."""
+    u = track_fractions(keys, params.seed)
     return np.where(u < params.test_size, "test",
                     np.where(u < params.test_size + params.val_size, "val", "train"))
 
@@ -78,7 +82,7 @@ def split_songs(songs: pd.DataFrame, params: SplitParams) -> tuple[dict[str, pd.
     """The three splits (raw columns, raw row order) and the report's statistics, minus the data hash."""
     kept, missing = apply_missing_policy(songs, params.missing)
     kept = kept.reset_index(drop=True)
-    assignment = assign_splits(kept[TRACK_ID], params)
+    assignment = assign_splits(group_keys(kept, params.group_by), params)
     splits = {name: kept[assignment == name].reset_index(drop=True) for name in SPLITS}
     empty = [name for name in SPLITS if splits[name].empty]
     if empty:
@@ -89,11 +93,13 @@ def split_songs(songs: pd.DataFrame, params: SplitParams) -> tuple[dict[str, pd.
     for name, frame in splits.items():
         mix = _class_mix(frame[LABEL])
         gap = max(abs(mix["class_proportions"][g] - whole["class_proportions"][g]) for g in GENRES)
-        per_split[name] = {"rows": len(frame), "tracks": int(frame[TRACK_ID].nunique()), **mix,
+        per_split[name] = {"rows": len(frame), "tracks": int(frame[TRACK_ID].nunique()),
+                           "groups": int(group_keys(frame, params.group_by).nunique()), **mix,
                            "max_proportion_gap": round(gap, 6)}
     report = {
         "method": METHOD,
         "seed": params.seed,
+        "group_by": params.group_by,
         "val_size": params.val_size,
         "test_size": params.test_size,
         "missing": missing,

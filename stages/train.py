@@ -1,4 +1,5 @@
-"""Train stage: the MLP with SGD and momentum, an LR schedule and early stopping, tracked by DVCLive.
+"""Train stage: the MLP (optionally with periodic embeddings of its continuous inputs) with SGD and momentum
+(or AdamW), an LR schedule with optional warm-up, and early stopping, tracked by DVCLive.
 
 Inputs: data/processed/{train,val}.parquet and models/preprocessor.json. Outputs: models/model.pt (the weights of
 the best epoch), dvclive/metrics.json and dvclive/plots (per-epoch curves; no timings, so they are the same on
@@ -41,7 +42,8 @@ _EVAL_BATCH = 8192
 
 @dataclass(frozen=True)
 class EpochMetrics:
-    """One epoch. The train figures are averages over the epoch's batches, in training mode."""
+    """One epoch. The train figures are averages over the epoch's batches, in training mode (the loss with
+    train.label_smoothing applied); the validation loss never smooths its labels."""
 
     epoch: int
     lr: float
@@ -98,16 +100,49 @@ def batch_bounds(rows: int, batch_size: int) -> list[tuple[int, int]]:
     return list(zip(starts, starts[1:] + [rows]))
 
 
+def lr_factor(epoch: int, config: TrainParams) -> float:
+    """The multiple of the base learning rate for a 0-based epoch, under schedule cosine, step or none.
+
+    A linear warm-up over the first `warmup_epochs` epochs, then the schedule over the epochs left."""
+    warmup = config.warmup_epochs
+    if epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    done = epoch - warmup
+    if config.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * done / (config.max_epochs - warmup)))
+    if config.schedule == "step":
+        return config.gamma ** (done // config.step_size)
+    return 1.0
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainParams):
     if config.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=config.gamma, patience=config.plateau_patience,
             threshold=config.min_delta, threshold_mode="abs")
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.max_epochs)
-    if config.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
-    return None
+    if config.schedule == "none" and not config.warmup_epochs:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, config))
+
+
+def make_optimizer(model: nn.Module, lr: float, momentum: float, config: TrainParams) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=config.weight_decay)
+
+
+def continuous_columns(features: np.ndarray) -> list[int]:
+    """The columns with a training value other than 0 and 1: those the embedding is for (indicators pass)."""
+    return [i for i in range(features.shape[1]) if not np.isin(features[:, i], (0.0, 1.0)).all()]
+
+
+def embedding_config(features: np.ndarray, config: TrainParams) -> dict | None:
+    """The architecture's `embedding` entry: None where train.embedding.kind is none or no column is continuous."""
+    columns = continuous_columns(features) if config.embedding.kind == "periodic" else []
+    if not columns:
+        return None
+    return {"columns": columns, "frequencies": config.embedding.frequencies, "dim": config.embedding.dim,
+            "sigma": config.embedding.sigma}
 
 
 def _evaluate(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
@@ -142,9 +177,9 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
     """
     train_x, train_y = train
     val_x, val_y = val
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model, lr, momentum, config)
     scheduler = make_scheduler(optimizer, config)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     order = torch.Generator().manual_seed(config.seed)
     bounds = batch_bounds(len(train_y), batch_size)
     batch_rows = torch.tensor([stop - start for start, stop in bounds], dtype=torch.float64, device=train_x.device)
@@ -368,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     preprocessor, data_sha256 = _read_preprocessor()
 
     architecture = {"n_features": len(train.feature_names), "n_classes": len(GENRES),
-                    "hidden_sizes": list(config.hidden_sizes), "dropout": float(config.dropout)}
+                    "hidden_sizes": list(config.hidden_sizes), "dropout": float(config.dropout),
+                    "embedding": embedding_config(train.features, config)}
     model = build_mlp(**architecture).to(device)
     progress = _Progress(config.max_epochs)
     try:

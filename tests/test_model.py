@@ -73,6 +73,61 @@ def test_build_mlp_layers_in_order():
     assert net(torch.randn(5, 7)).shape == (5, 6)
 
 
+EMBEDDED = {**ARCHITECTURE, "embedding": {"columns": [0, 2, 3], "frequencies": 4, "dim": 3, "sigma": 0.1}}
+
+
+def test_periodic_embedding_by_hand():
+    torch.manual_seed(0)
+    embedding = model_module.PeriodicEmbedding(n_inputs=2, frequencies=3, dim=4, sigma=0.5)
+    inputs = torch.randn(5, 2)
+    out = embedding(inputs)
+    assert out.shape == (5, 2 * 4)
+    for i in range(2):
+        angles = 2 * np.pi * inputs[:, i:i + 1] * embedding.frequencies[i]
+        periodic = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+        expected = torch.relu(periodic @ embedding.weight[i] + embedding.bias[i])
+        assert torch.allclose(out[:, 4 * i:4 * (i + 1)], expected, atol=1e-6)
+
+
+def test_embedded_mlp_embeds_only_the_named_columns():
+    torch.manual_seed(0)
+    net = build_mlp(**EMBEDDED)
+    assert net.mlp[0].in_features == len(FEATURES) - 3 + 3 * 3
+    inputs = torch.randn(6, len(FEATURES))
+    net.eval()
+    changed = inputs.clone()
+    changed[:, 1] += 1.0  # the passed-through column enters the first layer as it is
+    first = net.mlp[0]
+    delta = first(torch.cat([net.embedding(changed[:, [0, 2, 3]]), changed[:, [1]]], dim=1)) - \
+        first(torch.cat([net.embedding(inputs[:, [0, 2, 3]]), inputs[:, [1]]], dim=1))
+    assert torch.allclose(delta, first.weight[:, -1].expand_as(delta), atol=1e-5)
+    assert net(inputs).shape == (6, len(CLASSES))
+
+
+def test_bundle_with_an_embedding_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = build_mlp(**EMBEDDED).eval()
+    _save(tmp_path / "model.pt", model, architecture=EMBEDDED)
+    bundle = load_bundle(tmp_path / "model.pt", feature_names=FEATURES)
+    assert bundle.architecture == EMBEDDED
+    features = np.random.default_rng(4).normal(size=(30, len(FEATURES))).astype(np.float32)
+    assert np.array_equal(predict_proba(bundle.model, features), predict_proba(model, features))
+
+
+@pytest.mark.parametrize("embedding", [
+    {"columns": [0, 9], "frequencies": 4, "dim": 3, "sigma": 0.1},
+    {"columns": [0, 0], "frequencies": 4, "dim": 3, "sigma": 0.1},
+    {"columns": [0], "frequencies": 0, "dim": 3, "sigma": 0.1},
+    {"columns": [0], "frequencies": 4, "dim": 3},
+    "periodic",
+])
+def test_a_bad_embedding_entry_is_refused(tmp_path, embedding):
+    _save(tmp_path / "model.pt")
+    _rewrite(tmp_path / "model.pt", lambda raw: raw["architecture"].update(embedding=embedding))
+    with pytest.raises(BundleError, match="architecture.embedding should be null or a mapping"):
+        load_bundle(tmp_path / "model.pt")
+
+
 def test_dropout_keeps_the_expected_share_and_rescales():
     torch.manual_seed(0)
     layer = build_mlp(n_features=2, n_classes=2, hidden_sizes=[2], dropout=0.3)[3]

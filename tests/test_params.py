@@ -111,6 +111,15 @@ def test_unknown_keys_are_refused_in_every_section(section):
     ({"data.sha256": "not-a-hash"}, "data.sha256"),
     ({"data.source": "ftp"}, "data.source"),
     ({"preprocess.log_transform": ["key"]}, "preprocess.log_transform"),
+    ({"preprocess.text.fields": ["playlist_id"]}, "preprocess.text.fields"),
+    ({"preprocess.text.ngram_min": 5, "preprocess.text.ngram_max": 3}, "preprocess.text"),
+    ({"preprocess.text.folds": 1}, "preprocess.text.folds"),
+    ({"split.group_by": "track_album_id"}, "split.group_by"),
+    ({"train.optimizer": "adam"}, "train.optimizer"),
+    ({"train.label_smoothing": 1.0}, "train.label_smoothing"),
+    ({"train.embedding.kind": "linear"}, "train.embedding.kind"),
+    ({"train.schedule": "plateau", "train.warmup_epochs": 2}, "train"),
+    ({"train.warmup_epochs": 20, "train.max_epochs": 20}, "train"),
 ])
 def test_values_out_of_bounds_are_refused(overrides, key):
     with pytest.raises(ParamsError) as caught:

@@ -16,7 +16,7 @@ import pytest
 from stages import predict
 from stages.features import candidate_features
 from stages.params import load_params
-from stages.preprocessing import fit_preprocessor, load_preprocessor, save_preprocessor
+from stages.preprocessing import fit_preprocessor, load_preprocessor, model_inputs, save_preprocessor
 from stages.schema import GENRES, INPUT_COLUMNS, RELEASE_DATE, TRACK_ID
 from stages.synthetic import synthetic_songs
 from tests.conftest import BIN, ROOT, SYNTHETIC_OVERRIDES, make_project, run, tool_env
@@ -269,6 +269,11 @@ def test_the_predictions_table_rounds_to_six_decimals_and_orders_the_top_k():
     assert lines[1] == "t0,latin,0.000000,0.500000,0.250000,0.125000,0.062500,0.062500,latin,0.500000,pop,0.250000"
 
 
+def test_required_columns_include_the_text_fields_the_preprocessor_scores():
+    assert predict.required_columns(["energy"], ("track_name", "track_album_name")) == \
+        ("energy", "track_name", "track_album_name")
+
+
 def test_required_columns_follow_the_preprocessor_features():
     assert predict.required_columns(["energy", "key"]) == ("energy", "key")
     assert predict.required_columns(["release_year", "tempo"]) == (RELEASE_DATE, "tempo")
@@ -418,9 +423,10 @@ def test_model_inputs_equal_the_processed_test_split(pipeline):
 
     pre = load_preprocessor(pipeline / "models" / "preprocessor.json")
     data = pd.read_parquet(pipeline / "data" / "split" / "test.parquet").to_csv(index=False).encode()
-    songs, problems = predict.read_input(data, "test.csv", predict.required_columns(pre.input_features))
+    songs, problems = predict.read_input(data, "test.csv", predict.required_columns(pre.input_features,
+                                                                                    pre.text_fields))
     assert problems.empty
     processed = read_processed(pipeline / "data" / "processed" / "test.parquet")
-    features = pre.transform(candidate_features(songs, pre.input_features))
+    features = model_inputs(pre, songs)
     assert features.dtype == processed.features.dtype
     assert np.array_equal(features, processed.features)

@@ -20,7 +20,7 @@ from sklearn.preprocessing import RobustScaler, StandardScaler
 from stages import preprocess, select, split
 from stages.errors import BundleError, DataError, ParamsError
 from stages.features import CANDIDATE_FEATURES, candidate_features
-from stages.params import PreprocessParams, load_params
+from stages.params import PreprocessParams, TextParams, load_params
 from stages.preprocessing import (
     FORMAT_VERSION,
     NumericColumn,
@@ -37,7 +37,8 @@ from tests.conftest import ROOT, make_project, needs_real_data, real_zip, run, w
 
 SHA = "ab" * 32
 NUMERIC = ["danceability", "loudness", "speechiness", "tempo", "release_year", "release_month"]
-PARAMS = PreprocessParams(categorical="onehot", scaler="standard", log_transform=["speechiness"])
+NO_TEXT = TextParams(fields=[], buckets=1024, ngram_min=2, ngram_max=4, alpha=0.1, folds=5)
+PARAMS = PreprocessParams(categorical="onehot", scaler="standard", log_transform=["speechiness"], text=NO_TEXT)
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +152,8 @@ def _wreck(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     wrecked["key"] = -1
     wrecked["mode"] = 1 - frame["mode"]
     wrecked[RELEASE_DATE] = np.where(rng.random(len(frame)) < 0.5, "1901-02", None)
+    for name in ("track_name", "track_album_name", "track_artist"):
+        wrecked[name] = [f"zq{value}xv" for value in rng.integers(0, 10**6, len(frame))]
     wrecked[LABEL] = GENRES[0]
     return wrecked
 
@@ -160,15 +163,16 @@ def test_validation_and_test_rows_change_no_statistic(tmp_path, monkeypatch, spl
     monkeypatch.chdir(tmp_path)
     _stage_inputs(tmp_path, splits, list(CANDIDATE_FEATURES))
     assert preprocess.main([]) == 0
-    outputs = {path: (tmp_path / path).read_bytes()
-               for path in ("models/preprocessor.json", "data/processed/train.parquet", "data/processed/val.parquet")}
+    fitted = ("models/preprocessor.json", "models/preprocessor.npz", "data/processed/train.parquet")
+    assert load_preprocessor(tmp_path / fitted[0]).text, "the default params score text: this test must cover it"
+    outputs = {path: (tmp_path / path).read_bytes() for path in (*fitted, "data/processed/val.parquet")}
 
     rng = np.random.default_rng(0)
     _stage_inputs(tmp_path, {**splits, "val": _wreck(splits["val"], rng), "test": _wreck(splits["test"], rng)},
                   list(CANDIDATE_FEATURES))
     assert preprocess.main([]) == 0
-    assert (tmp_path / "models/preprocessor.json").read_bytes() == outputs["models/preprocessor.json"]
-    assert (tmp_path / "data/processed/train.parquet").read_bytes() == outputs["data/processed/train.parquet"]
+    for path in fitted:
+        assert (tmp_path / path).read_bytes() == outputs[path], path
     assert (tmp_path / "data/processed/val.parquet").read_bytes() != outputs["data/processed/val.parquet"], \
         "the wrecked rows must change the validation output, or this test proves nothing"
 
@@ -217,7 +221,8 @@ def test_json_round_trip(tmp_path, fitted, splits):
     assert loaded == fitted
     features = candidate_features(splits["test"], list(CANDIDATE_FEATURES))
     np.testing.assert_array_equal(loaded.transform(features), fitted.transform(features))
-    assert [p.name for p in path.parent.iterdir()] == ["preprocessor.json"], "no temporary file left behind"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["preprocessor.json", "preprocessor.npz"], \
+        "no temporary file left behind"
 
 
 def _tamper(data: dict, change: str) -> None:

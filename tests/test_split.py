@@ -1,4 +1,4 @@
-"""The split stage: grouped by track, class mix close to the whole, stable when songs are added."""
+"""The split stage: grouped by track (or by artist), class mix close to the whole, stable when songs are added."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from stages.schema import COLUMN_NAMES, GENRES, LABEL, RELEASE_DATE, TRACK_ID
 from stages.synthetic import synthetic_songs
 from tests.conftest import ROOT
 
-PARAMS = SplitParams(val_size=0.15, test_size=0.15, seed=42, missing="drop")
+PARAMS = SplitParams(val_size=0.15, test_size=0.15, seed=42, missing="drop", group_by="track_id")
+BY_ARTIST = PARAMS.model_copy(update={"group_by": "track_artist"})
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +110,33 @@ def test_too_few_songs_for_a_split_is_a_clear_error(songs):
         split.split_songs(songs.head(2), PARAMS)
 
 
+def test_grouped_by_artist_no_artist_and_no_track_in_two_splits(songs):
+    songs = songs.copy()
+    # One artist per track, as in the real data (the synthetic table draws each row's artist on its own) ...
+    songs["track_artist"] = songs.groupby(TRACK_ID)["track_artist"].transform("first")
+    # ... but some rows name none: a track named in one row only, and tracks named in no row, stay whole too.
+    repeats = np.flatnonzero(songs[TRACK_ID].duplicated(keep="first"))
+    songs.loc[repeats[:50], "track_artist"] = np.nan
+    songs.loc[~songs[TRACK_ID].duplicated(keep=False) & (songs.index < 200), "track_artist"] = np.nan
+    splits, report = split.split_songs(songs, BY_ARTIST)
+    artists = {name: set(frame["track_artist"].dropna()) for name, frame in splits.items()}
+    tracks = {name: set(frame[TRACK_ID]) for name, frame in splits.items()}
+    for one, other in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not artists[one] & artists[other] and not tracks[one] & tracks[other]
+    assert sum(len(frame) for frame in splits.values()) == len(songs)
+    assert report["group_by"] == "track_artist"
+    assert report["splits"]["test"]["groups"] < report["splits"]["test"]["tracks"]
+    assert abs(len(splits["test"]) / len(songs) - BY_ARTIST.test_size) < 0.03
+
+
+def test_grouping_by_track_is_the_documented_hash_of_the_track_id(songs):
+    by_track = split.split_songs(songs, PARAMS)[0]
+    expected = split.assign_splits(songs[TRACK_ID], PARAMS)
+    assert _assignment(by_track) == dict(zip(songs[TRACK_ID], expected))
+    by_artist = split.split_songs(songs, BY_ARTIST)[0]
+    assert _assignment(by_artist) != _assignment(by_track)
+
+
 @pytest.fixture
 def stage_dir(tmp_path, monkeypatch):
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
@@ -126,6 +154,7 @@ def test_stage_writes_splits_and_a_deterministic_report(stage_dir, capsys):
     first = [path.read_bytes() for path in outputs]
     report = json.loads(outputs[-1].read_text())
     assert report["raw_sha256"] == hashlib.sha256(raw.read_bytes()).hexdigest()
+    assert report["group_by"] == "track_id"
     train = pd.read_parquet(outputs[0])
     assert list(train.columns) == list(COLUMN_NAMES)
     assert train["key"].dtype == "int64" and train["duration_ms"].dtype == "int64"

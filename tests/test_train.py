@@ -174,8 +174,11 @@ def test_bundle_records_what_the_model_needs(two_runs):
     root, _ = two_runs
     raw = torch.load(root / "models/model.pt", map_location="cpu", weights_only=True)
     assert raw["feature_names"] == list(NUMERIC) and raw["class_names"] == list(GENRES)
-    assert raw["architecture"] == {"n_features": len(NUMERIC), "n_classes": 6, "hidden_sizes": [32, 16],
-                                   "dropout": 0.2}
+    config = default_params()["train"]["embedding"]
+    assert raw["architecture"] == {
+        "n_features": len(NUMERIC), "n_classes": 6, "hidden_sizes": [32, 16], "dropout": 0.2,
+        "embedding": {"columns": list(range(len(NUMERIC))), "frequencies": config["frequencies"],
+                      "dim": config["dim"], "sigma": config["sigma"]}}
     preprocessor_bytes = (root / "models/preprocessor.json").read_bytes()
     assert raw["preprocessor"] == {"path": "models/preprocessor.json",
                                    "sha256": hashlib.sha256(preprocessor_bytes).hexdigest()}
@@ -289,6 +292,59 @@ def test_schedules(schedule, expected):
     assert seen == pytest.approx(expected)
 
 
+def test_warmup_then_cosine():
+    config = parse_params(with_overrides(default_params(), {
+        "train.schedule": "cosine", "train.max_epochs": 6, "train.warmup_epochs": 2})).train
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = train.make_scheduler(optimizer, config)
+    seen = []
+    for _ in range(6):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([0.1 / 3, 0.2 / 3] + [0.1 * (1 + np.cos(np.pi * e / 4)) / 2 for e in range(4)])
+
+
+@pytest.mark.parametrize("name, kind", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
+def test_optimizer_choice(name, kind):
+    config = parse_params(with_overrides(default_params(), {"train.optimizer": name,
+                                                            "train.weight_decay": 0.01})).train
+    optimizer = train.make_optimizer(build_mlp(3, 6, [4], 0.0), 0.2, 0.8, config)
+    assert isinstance(optimizer, kind)
+    group = optimizer.param_groups[0]
+    assert group["lr"] == 0.2 and group["weight_decay"] == 0.01
+    assert group.get("momentum", 0.8) == 0.8
+
+
+def test_embedding_takes_the_continuous_columns_and_leaves_indicators():
+    features = np.array([[0.5, 1.0, 0.0, 2.0], [-1.0, 0.0, 1.0, 2.0], [0.0, 1.0, 0.0, 2.0]], dtype=np.float32)
+    assert train.continuous_columns(features) == [0, 3]
+    config = parse_params(default_params()).train
+    embedding = train.embedding_config(features, config)
+    assert embedding == {"columns": [0, 3], "frequencies": config.embedding.frequencies,
+                         "dim": config.embedding.dim, "sigma": config.embedding.sigma}
+    off = config.model_copy(update={"embedding": config.embedding.model_copy(update={"kind": "none"})})
+    assert train.embedding_config(features, off) is None
+    assert train.embedding_config(features[:, [1, 2]], config) is None
+
+
+def test_label_smoothing_changes_the_training_loss_only():
+    torch.manual_seed(0)
+    train_split, val_split = processed_splits(600)
+    cpu = torch.device("cpu")
+    losses = {}
+    for smoothing in (0.0, 0.2):
+        config = parse_params(with_overrides(default_params(), {
+            "train.label_smoothing": smoothing, "train.max_epochs": 1, "train.embedding.kind": "none"})).train
+        torch.manual_seed(0)
+        model = build_mlp(len(NUMERIC), 6, [8], 0.0)
+        result = train.fit(model, train._on_device(train_split, cpu), train._on_device(val_split, cpu), lr=0.05,
+                           momentum=0.9, batch_size=64, config=config, n_classes=6)
+        losses[smoothing] = result.history[0]
+    assert losses[0.2].train_loss > losses[0.0].train_loss
+    assert losses[0.2].val_loss != losses[0.0].val_loss  # other weights, but the same unsmoothed measure
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_macro_f1_equals_scikit_learn(seed):
     from sklearn.metrics import f1_score
@@ -321,6 +377,8 @@ def test_macro_f1_equals_scikit_learn(seed):
     ({"train.schedule": "exponential"}, "train.schedule"),
     ({"train.hidden_sizes": []}, "train.hidden_sizes"),
     ({"train.dropout": 1.0}, "train.dropout"),
+    ({"train.optimizer": "lbfgs"}, "train.optimizer"),
+    ({"train.embedding.dim": 0}, "train.embedding.dim"),
 ])
 def test_invalid_params_fail_before_any_work(tmp_path, monkeypatch, capsys, overrides, key):
     # No data at all: a params error must come first.
@@ -383,10 +441,12 @@ def test_trains_on_cuda_and_the_bundle_loads_on_cpu(tmp_path, monkeypatch):
     device = train.resolve_device(config.device)
     train._seed_everything(config.seed, config.threads, device)
     train_split, val_split = processed_splits(2400)
+    embedding = train.embedding_config(train_split.features, config)
+    assert embedding is not None, "the default periodic embedding should run on the GPU too"
 
     def fit_once():
         torch.manual_seed(config.seed)
-        model = build_mlp(len(NUMERIC), 6, config.hidden_sizes, config.dropout).to(device)
+        model = build_mlp(len(NUMERIC), 6, config.hidden_sizes, config.dropout, embedding).to(device)
         result = train.fit(model, train._on_device(train_split, device), train._on_device(val_split, device),
                            lr=0.05, momentum=0.9, batch_size=128, config=config, n_classes=6)
         model.load_state_dict(result.best_state)
@@ -399,7 +459,7 @@ def test_trains_on_cuda_and_the_bundle_loads_on_cpu(tmp_path, monkeypatch):
     assert all(torch.equal(result.best_state[name], again.best_state[name]) for name in result.best_state)
 
     architecture = {"n_features": len(NUMERIC), "n_classes": 6, "hidden_sizes": config.hidden_sizes,
-                    "dropout": config.dropout}
+                    "dropout": config.dropout, "embedding": embedding}
     save_bundle(tmp_path / "model.pt", model, architecture=architecture, feature_names=NUMERIC, class_names=GENRES,
                 preprocessor={}, params={}, data_sha256="")
     bundle = load_bundle(tmp_path / "model.pt", feature_names=NUMERIC)
