@@ -109,7 +109,11 @@ def _preprocessing_lines(preprocessor: dict) -> list[str]:
     described = {"onehot": "One-hot encoded", "ordinal": "Encoded as ordinal labels"}
     lines += [f"- {described.get(encoding, f'Encoded {encoding}')}: " + ", ".join(f"`{name}`" for name in names) + "."
               for encoding, names in encodings.items()]
-    lines.append("- Missing values imputed, scaling and categories fitted, on the training split only.")
+    text_fields = list(preprocessor.get("text", {}).get("fields", {}))
+    if text_fields:
+        lines.append("- Six genre scores per text field, from a naive Bayes model over hashed character n-grams "
+                     "(training rows scored out of fold): " + ", ".join(f"`{name}`" for name in text_fields) + ".")
+    lines.append("- Missing values imputed, scaling, categories and text scores fitted, on the training split only.")
     return lines
 
 
@@ -128,8 +132,8 @@ def model_card(*, metrics: dict, data_sha256: str, split: dict, anova: dict, pre
         "## Data",
         "",
         f"- Raw data: `data/raw/spotify_songs.csv`, sha256 `{data_sha256}`.",
-        "- Split grouped by `track_id` (no track in two splits), by a stable hash of the track id and "
-        f"seed {split.get('seed', '?')}.",
+        f"- Split grouped by `{split.get('group_by', 'track_id')}` (no group in two splits), by a stable hash of "
+        f"the group and seed {split.get('seed', '?')}.",
         "",
         *_table(["split", "rows", "tracks"],
                 [[name, values["rows"], values["tracks"]] for name, values in splits.items()]),
