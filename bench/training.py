@@ -22,20 +22,11 @@ TARGET_RATIO = 2.0
 
 def configure_torch(seed: int, threads: int, device_type: str = "cpu") -> None:
     """The global settings stages.train applies before it trains (seeds, deterministic kernels, threads)."""
-    import os
-    import random
-
-    import numpy as np
     import torch
 
-    if device_type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    torch.set_num_threads(threads)
+    from stages.train import seed_everything
+
+    seed_everything(seed, threads, torch.device(device_type))
 
 
 def load_split(project, name: str, device):

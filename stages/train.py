@@ -341,7 +341,7 @@ def _read_preprocessor() -> tuple[dict, str]:
     return reference, data_sha256
 
 
-def _seed_everything(seed: int, threads: int, device: torch.device) -> None:
+def seed_everything(seed: int, threads: int, device: torch.device) -> None:
     if device.type == "cuda":
         # cuBLAS is deterministic only with a fixed workspace, set before its first use.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params()
     config = params.train
     device = resolve_device(config.device)
-    _seed_everything(config.seed, config.threads, device)
+    seed_everything(config.seed, config.threads, device)
 
     train, val = _read_split("train"), _read_split("val")
     if train.feature_names != val.feature_names:

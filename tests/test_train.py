@@ -439,7 +439,7 @@ def test_trains_on_cuda_and_the_bundle_loads_on_cpu(tmp_path, monkeypatch):
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     config = parse_params(with_overrides(default_params(), {**QUICK, "train.device": "cuda"})).train
     device = train.resolve_device(config.device)
-    train._seed_everything(config.seed, config.threads, device)
+    train.seed_everything(config.seed, config.threads, device)
     train_split, val_split = processed_splits(2400)
     embedding = train.embedding_config(train_split.features, config)
     assert embedding is not None, "the default periodic embedding should run on the GPU too"
