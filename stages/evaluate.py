@@ -23,14 +23,13 @@ from stages.processed import SPLITS, ProcessedSplit, processed_path, read_proces
 from stages.predictions import prediction_table, predictions_csv
 from stages.report import (model_card, per_class_f1_csv, write_confusion_png,
                            write_loss_png)
-from stages.schema import GENRES, LABEL, TRACK_ID
+from stages.schema import GENRES, LABEL, TRACK_ID, read_split
 
 MODEL = Path("models/model.pt")
 PREPROCESSOR = Path("models/preprocessor.json")
 ANOVA_REPORT = Path("reports/anova.json")
 BASELINES = Path("reports/baselines.json")
 SPLIT_REPORT = Path("reports/split.json")
-SPLIT_DIR = Path("data/split")
 TRAINING_SUMMARY = Path("dvclive/metrics.json")
 LOSS_CURVES = {split: Path(f"dvclive/plots/metrics/{split}/loss.tsv") for split in ("train", "val")}
 
@@ -104,13 +103,7 @@ def _read_splits() -> dict[str, ProcessedSplit]:
 
 def _read_labels() -> pd.DataFrame:
     """Every song's track id and genre, from the three raw splits."""
-    frames = []
-    for name in SPLITS:
-        path = SPLIT_DIR / f"{name}.parquet"
-        if not path.is_file():
-            raise DataError(f"{path}: not found; run `dvc repro split` first")
-        frames.append(pd.read_parquet(path, columns=[TRACK_ID, LABEL]))
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat([read_split(name, (TRACK_ID, LABEL)) for name in SPLITS], ignore_index=True)
 
 
 @exits_cleanly

@@ -16,9 +16,8 @@ from stages.groups import GROUP_BY, group_keys
 from stages.params import PreprocessParams, load_params
 from stages.preprocessing import Preprocessor, encode_labels, fit_model_inputs, model_inputs, save_preprocessor
 from stages.processed import SPLITS, ProcessedSplit, processed_path, write_processed
-from stages.schema import COLUMN_NAMES, LABEL, TRACK_ID
+from stages.schema import LABEL, TRACK_ID, read_split
 
-SPLIT_DIR = Path("data/split")
 SPLIT_REPORT = Path("reports/split.json")
 ANOVA_REPORT = Path("reports/anova.json")
 PREPROCESSOR = Path("models/preprocessor.json")
@@ -77,24 +76,12 @@ def _group_by(report: Any) -> str:
     return group_by
 
 
-def _read_split(name: str) -> pd.DataFrame:
-    path = SPLIT_DIR / f"{name}.parquet"
-    try:
-        songs = pd.read_parquet(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found; run `dvc repro split` first") from None
-    absent = [column for column in COLUMN_NAMES if column not in songs.columns]
-    if absent:
-        raise DataError(f"{path}: missing column {absent[0]!r}; run `dvc repro split` again")
-    return songs
-
-
 @exits_cleanly
 def main(argv: list[str] | None = None) -> int:
     params = load_params()
     selected = _selected_features(_read_json(ANOVA_REPORT, "select"))
     split_report = _read_json(SPLIT_REPORT, "split")
-    splits = {name: _read_split(name) for name in SPLITS}
+    splits = {name: read_split(name) for name in SPLITS}
     pre, processed = preprocess_splits(splits, selected, params.preprocess, _data_sha256(split_report),
                                        _group_by(split_report))
     for name, split in processed.items():

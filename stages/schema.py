@@ -19,6 +19,8 @@ TRACK_ID = "track_id"
 RELEASE_DATE = "track_album_release_date"
 PLAYLIST_FIELDS = ("playlist_name", "playlist_id", "playlist_subgenre")
 RELEASE_DATE_PATTERN = r"^\d{4}(-\d{2}(-\d{2})?)?$"
+# Where the split stage writes the three splits of validated songs, every raw column kept.
+SPLIT_DIR = Path("data/split")
 
 
 @dataclass(frozen=True)
@@ -204,3 +206,16 @@ def validate_songs(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     if not problems.empty:
         raise DataError(describe_problem(problems, frame, where))
     return frame[[name for name in COLUMN_NAMES if name in frame.columns]]
+
+
+def read_split(name: str, columns: tuple[str, ...] = COLUMN_NAMES) -> pd.DataFrame:
+    """One split of songs as the split stage wrote it, with a clear error when it is missing or stale."""
+    path = SPLIT_DIR / f"{name}.parquet"
+    try:
+        songs = pd.read_parquet(path, columns=None if columns == COLUMN_NAMES else list(columns))
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run `dvc repro split` first") from None
+    absent = [column for column in columns if column not in songs.columns]
+    if absent:
+        raise DataError(f"{path}: missing column {absent[0]!r}; run `dvc repro split` again")
+    return songs

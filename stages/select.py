@@ -14,9 +14,9 @@ from stages.errors import DataError, ParamsError, exits_cleanly
 from stages.features import candidate_features
 from stages.files import write_json, write_text
 from stages.params import SelectParams, load_params
-from stages.schema import COLUMN_NAMES, LABEL
+from stages.schema import LABEL, SPLIT_DIR, read_split
 
-TRAIN_SPLIT = Path("data/split/train.parquet")
+TRAIN_SPLIT = SPLIT_DIR / "train.parquet"
 REPORT = Path("reports/anova.json")
 PLOT = Path("reports/plots/anova.csv")
 MISSING_VALUES = "imputed with the training median of the feature before the F-test"
@@ -117,13 +117,7 @@ def select_features(train: pd.DataFrame, params: SelectParams) -> dict:
 @exits_cleanly
 def main(argv: list[str] | None = None) -> int:
     params = load_params()
-    try:
-        train = pd.read_parquet(TRAIN_SPLIT)
-    except FileNotFoundError:
-        raise DataError(f"{TRAIN_SPLIT}: not found; run `dvc repro split` first") from None
-    absent = [name for name in COLUMN_NAMES if name not in train.columns]
-    if absent:
-        raise DataError(f"{TRAIN_SPLIT}: missing column {absent[0]!r}; re-run `dvc repro split`")
+    train = read_split("train")
     report = select_features(train, params.select)
     write_json(REPORT, report)
     write_text(PLOT, plot_rows(report))

@@ -27,10 +27,9 @@ from stages.errors import DataError, exits_cleanly
 from stages.files import write_json, write_parquet
 from stages.groups import group_keys
 from stages.params import SplitParams, load_params
-from stages.schema import COLUMNS, GENRES, LABEL, RELEASE_DATE, TRACK_ID, read_songs, validate_songs
+from stages.schema import COLUMNS, GENRES, LABEL, RELEASE_DATE, SPLIT_DIR, TRACK_ID, read_songs, validate_songs
 
 RAW_CSV = Path("data/raw/spotify_songs.csv")
-SPLIT_DIR = Path("data/split")
 REPORT = Path("reports/split.json")
 SPLITS = ("train", "val", "test")
 # Required for the release-year/month/precision features, and the only feature source the schema lets be empty.
