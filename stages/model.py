@@ -21,6 +21,7 @@ from torch import nn
 
 from stages.errors import BundleError, PipelineError
 from stages.files import write_with
+from stages.numerics import inference_threads
 
 BUNDLE_FORMAT = 1
 ARCHITECTURE_KEYS = ("n_features", "n_classes", "hidden_sizes", "dropout")
@@ -275,7 +276,9 @@ def _n_classes(model: nn.Module) -> int:
 
 def predict_proba(model: nn.Module, features: np.ndarray, device: torch.device | None = None,
                   batch_size: int = 8192) -> np.ndarray:
-    """Softmax probabilities (float64, rows × classes) in eval mode; the model moves to `device` if given."""
+    """Softmax probabilities (float64, rows × classes) in eval mode; the model moves to `device` if given.
+
+    On the CPU under the numerics pin, on a fixed number of threads (stages/numerics.py)."""
     features = np.asarray(features)
     if features.ndim != 2:
         raise ValueError(f"features should be a 2-D array, got shape {features.shape}")
@@ -285,8 +288,10 @@ def predict_proba(model: nn.Module, features: np.ndarray, device: torch.device |
         model.to(device)
     rows = np.ascontiguousarray(features, dtype=np.float32)
     probabilities = np.empty((len(rows), _n_classes(model)), dtype=np.float64)
-    was_training = model.training
+    was_training, threads = model.training, torch.get_num_threads()
     model.eval()
+    if device.type == "cpu" and inference_threads() is not None:
+        torch.set_num_threads(inference_threads())
     try:
         with torch.no_grad():
             for start in range(0, len(rows), batch_size):
@@ -295,4 +300,5 @@ def predict_proba(model: nn.Module, features: np.ndarray, device: torch.device |
                 probabilities[start:start + len(batch)] = torch.softmax(logits, dim=1).cpu().numpy()
     finally:
         model.train(was_training)
+        torch.set_num_threads(threads)
     return probabilities

@@ -29,6 +29,7 @@ from torch import nn
 from stages.errors import DataError, PipelineError, exits_cleanly
 from stages.files import write_json
 from stages.model import build_mlp, resolve_device, save_bundle
+from stages.numerics import in_effect
 from stages.params import TrainParams, load_params
 from stages.processed import ProcessedSplit, processed_path, read_processed
 from stages.schema import GENRES
@@ -305,6 +306,7 @@ def timing_report(result: FitResult, device: torch.device, threads: int, train_r
         "seconds_to_best_epoch": round(sum(result.epoch_seconds[:result.best_epoch]), 4),
         "train_samples_per_s": round(train_rows * epochs / result.train_seconds, 1),
         "stage_seconds": round(stage_seconds, 4),
+        "numerics": in_effect(),
     }
 
 

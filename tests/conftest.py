@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import stages  # noqa: F401  (the numerics pin, before any test module imports numpy or torch)
+
 import pytest
 import yaml
 

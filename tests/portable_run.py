@@ -1,0 +1,98 @@
+"""Run every stage of the pipeline, then `spotify-genre predict`, in one Python process, and print the sha256 of
+each output as JSON: the same code `dvc repro` runs, without a process (and its imports) per stage, so that it is
+affordable under CPU emulation (`qemu-x86_64 -cpu Haswell python -m tests.portable_run ...`).
+
+    python -m tests.portable_run PROJECT [--baselines FILE] [--out HASHES.json]
+
+PROJECT holds a params.yaml (and whatever its data.source reads); the outputs land there as `dvc repro` would
+put them. --baselines copies an existing reports/baselines.json in place of running that stage (scikit-learn's
+tree models crash under qemu-user; tests/test_portability.py shows their portability another way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("download", "split", "select", "preprocess", "train", "baselines", "evaluate")
+PREDICT_OUTPUT = Path("reports/predict_raw.csv")
+# Outputs of a run that are times, not results: outside Git and dvc.lock, and different every run.
+NOT_RESULTS = ("reports/timing/",)
+
+
+def stage_outputs() -> dict[str, list[str]]:
+    """Each stage's declared outs, from the repository's dvc.yaml."""
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: [next(iter(out)) if isinstance(out, dict) else out for out in stage.get("outs", [])]
+            for name, stage in stages.items()}
+
+
+def file_hashes(project: Path, paths: list[str]) -> dict[str, str]:
+    """sha256 of every file at or below each path, keyed by its path relative to the project."""
+    hashes = {}
+    for path in paths:
+        target = project / path
+        files = sorted(p for p in target.rglob("*") if p.is_file()) if target.is_dir() else [target]
+        for file in files:
+            name = file.relative_to(project).as_posix()
+            if not name.startswith(NOT_RESULTS):
+                hashes[name] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return hashes
+
+
+def run(project: Path, baselines: Path | None) -> dict[str, dict[str, str]]:
+    """Run the stages in order in `project`, then predict on its raw songs; the hashes of each stage's outputs."""
+    import importlib
+
+    os.chdir(project)
+    outputs = stage_outputs()
+    hashes: dict[str, dict[str, str]] = {}
+    for name in STAGES:
+        if name == "baselines" and baselines is not None:
+            Path("reports").mkdir(exist_ok=True)
+            shutil.copyfile(baselines, "reports/baselines.json")
+            continue
+        code = importlib.import_module(f"stages.{name}").main([])
+        if code != 0:
+            raise SystemExit(f"portable_run: stage {name} exited {code}")
+        hashes[name] = file_hashes(project, outputs[name])
+    from stages.predict import main as predict
+
+    code = predict(["data/raw/spotify_songs.csv", "-o", PREDICT_OUTPUT.as_posix(), "--top-k", "3"])
+    if code != 0:
+        raise SystemExit(f"portable_run: predict exited {code}")
+    hashes["predict"] = file_hashes(project, [PREDICT_OUTPUT.as_posix()])
+    return hashes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.portable_run", description=__doc__.splitlines()[0])
+    parser.add_argument("project", type=Path)
+    parser.add_argument("--baselines", type=Path, help="a reports/baselines.json to use instead of running the stage")
+    parser.add_argument("--out", type=Path, help="write the hashes here as well as to stdout")
+    args = parser.parse_args(argv)
+    baselines = args.baselines.resolve() if args.baselines else None
+    out = args.out.resolve() if args.out else None
+    sys.path.insert(0, str(ROOT))
+    import stages  # noqa: F401  (the numerics pin, before the stages import numpy and torch)
+    from stages.numerics import in_effect
+
+    hashes = run(args.project.resolve(), baselines)
+    report = {"numerics": in_effect(), "hashes": hashes}
+    text = json.dumps(report, indent=2, sort_keys=True)
+    if out is not None:
+        out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The numerics pin (stages/numerics.py): in place before numpy and torch load, whatever starts the process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from stages import numerics
+from tests.conftest import ROOT, tool_env
+
+PINNED_STATE = {"mode": "portable", "numpy": "AVX2 or less", "aten": "AVX2", "mkl_cbwr": "COMPATIBLE"}
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    environment = tool_env(**env)
+    if "SPOTIFY_GENRE_NUMERICS" not in env:
+        environment.pop("SPOTIFY_GENRE_NUMERICS", None)
+    for name in numerics.PINNED:
+        environment.pop(name, None)  # as a user's shell would have it: nothing set beforehand
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_this_test_process_computes_on_the_pinned_paths():
+    torch.ones(2, 2) @ torch.ones(2, 2)  # oneMKL reads its setting at its first call
+    assert np.log1p(np.ones(4)).dtype == np.float64
+    assert numerics.in_effect() == PINNED_STATE
+
+
+def test_importing_a_stage_module_pins_a_fresh_process():
+    result = _python("import stages.train, torch; torch.ones(2, 2) @ torch.ones(2, 2); "
+                     "from stages.numerics import in_effect; print(in_effect())")
+    assert result.returncode == 0, result.stderr
+    assert eval(result.stdout) == PINNED_STATE
+    assert "UnpinnedWarning" not in result.stderr
+
+
+def test_native_mode_leaves_every_library_on_its_own_path():
+    environ = {"SPOTIFY_GENRE_NUMERICS": "native"}
+    numerics.pin(environ)
+    assert environ == {"SPOTIFY_GENRE_NUMERICS": "native"}
+    result = _python("import stages, os; from stages.numerics import PINNED, in_effect; "
+                     "print([os.environ.get(name) for name in PINNED], in_effect()['mode'])",
+                     SPOTIFY_GENRE_NUMERICS="native")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[None,", "None,", "None,", "None]", "native"]
+
+
+def test_pin_overrides_other_values_and_refuses_an_unknown_mode():
+    environ = {"MKL_CBWR": "AUTO", "OPENBLAS_CORETYPE": "SkylakeX"}
+    with pytest.warns(numerics.UnpinnedWarning):  # numpy and torch are loaded in this process
+        numerics.pin(environ)
+    assert environ == numerics.PINNED
+    with pytest.raises(ValueError, match="SPOTIFY_GENRE_NUMERICS='fast': expected one of portable, native"):
+        numerics.pin({"SPOTIFY_GENRE_NUMERICS": "fast"})
+
+
+def test_a_library_loaded_before_the_pin_is_warned_about_by_name():
+    result = _python("import numpy, stages")
+    assert result.returncode == 0, result.stderr
+    assert "UnpinnedWarning: numpy loaded before the numerics pin (MKL_CBWR" in result.stderr
+
+
+def _probabilities(threads: int) -> bytes:
+    from stages.model import build_mlp, predict_proba
+
+    torch.manual_seed(0)
+    model = build_mlp(42, 6, [128, 64], 0.2, {"columns": list(range(30)), "frequencies": 8, "dim": 8, "sigma": 0.1})
+    features = np.random.default_rng(0).standard_normal((20_000, 42)).astype(np.float32)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return predict_proba(model, features).tobytes()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_inference_gives_the_same_bytes_whatever_the_thread_count(monkeypatch):
+    """torch defaults to one thread per core, and oneMKL's pinned branch splits products by thread count."""
+    one = _probabilities(1)
+    assert all(_probabilities(threads) == one for threads in (2, 3, 4, 8))
+    monkeypatch.setattr("stages.model.inference_threads", lambda: None)  # the negative control: unfixed
+    assert any(_probabilities(threads) != one for threads in (3, 4, 8))
+
+
+def test_an_unpinned_child_gets_the_environment_from_before_the_pin():
+    environ = numerics.unpinned_environment()
+    assert environ["SPOTIFY_GENRE_NUMERICS"] == "native"
+    assert all(environ.get(name) == numerics._BEFORE_PIN[name] for name in numerics.PINNED)
+    assert environ.get("MKL_CBWR") != "COMPATIBLE"
