@@ -14,7 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import cuda, pipeline, prediction, report, scaling, training
+from bench import cuda, numerics, pipeline, prediction, report, scaling, training
 from bench.context import Context
 from bench.machine import describe, load_average
 from bench.measure import BenchError
@@ -23,6 +23,7 @@ from bench.project import ROOT, Dataset
 SECTIONS = {
     "pipeline": pipeline.measure,
     "training": training.measure,
+    "numerics": numerics.measure,
     "scaling": scaling.measure,
     "predict": prediction.measure,
     "cuda": cuda.measure,
@@ -35,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__,
         epilog="Sections: pipeline (dvc repro, no-op repro, dvc exp run), training (the train stage's loop against "
-               "a plain DataLoader), scaling (1x/10x/100x synthetic rows: time and peak memory per stage), predict "
+               "a plain DataLoader), numerics (the train loop with and without the numerics pin), scaling (1x/10x/100x "
+               "synthetic rows: time and peak memory per stage), predict "
                "(100,000 rows), cuda (CPU against GPU; skipped without one). --only merges its sections into the "
                "existing report.")
     parser.add_argument("--quick", action="store_true",

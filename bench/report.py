@@ -136,6 +136,11 @@ def _targets(sections: dict) -> list[str]:
                 f"{bound / plain:.2f}×; the train stage's loop reaches {stage / bound:.0%} of that bound. "
                 "Compute bounds it: the DataLoader's per-row indexing and collation cost about "
                 f"{(1 / plain - 1 / bound) * 1e6:.1f} µs a sample, the model {1e6 / bound:.1f} µs.")
+    numerics = sections.get("numerics", {}).get("results")
+    if numerics:
+        rows.append(("train stage's loop with the numerics pin (same bytes on every x86-64 CPU)",
+                     f"{rate(numerics['pinned_samples_per_s'])}; unpinned {rate(numerics['native_samples_per_s'])}",
+                     "", f"the pin costs {fig(numerics['slowdown'], '×')}"))
     scaling = sections.get("scaling", {}).get("results")
     if scaling:
         largest = scaling["sizes"][-1]
@@ -218,6 +223,23 @@ def _training(results: dict) -> list[str]:
     ]
 
 
+def _numerics(results: dict) -> list[str]:
+    pinned, native = results["numerics"]["portable"], results["numerics"]["native"]
+
+    def paths(state: dict) -> str:
+        return f"oneMKL {state.get('mkl_cbwr')}, ATen {state.get('aten')}, numpy {state.get('numpy')}"
+
+    return [
+        f"**Numerics pin** (the train stage's loop and model, {results['rows']:,} training rows, "
+        f"{results['features']} inputs, {results['epochs_per_run']} epochs a run, a fresh process per run, "
+        "alternating):", "",
+        "| numerics | code paths | samples/s |", "| --- | --- | --- |",
+        f"| pinned (default; `stages/numerics.py`) | {paths(pinned)} | {rate(results['pinned_samples_per_s'])} |",
+        f"| unpinned (`SPOTIFY_GENRE_NUMERICS=native`) | {paths(native)} | {rate(results['native_samples_per_s'])} |",
+        f"| unpinned / pinned (per pair of runs) | | {fig(results['slowdown'], '×')} |",
+    ]
+
+
 def _scaling(results: dict) -> list[str]:
     sizes = results["sizes"]
     head = " | ".join(f"{size['rows']:,} rows ({size['factor']:g}×)" for size in sizes)
@@ -282,7 +304,7 @@ def _cuda(results: dict) -> list[str]:
     return lines
 
 
-RENDER = {"pipeline": _pipeline, "training": _training, "scaling": _scaling, "predict": _predict, "cuda": _cuda}
+RENDER = {"pipeline": _pipeline, "training": _training, "numerics": _numerics, "scaling": _scaling, "predict": _predict, "cuda": _cuda}
 
 
 def markdown(document: dict) -> str:
