@@ -33,8 +33,8 @@ def samples_per_s(project: Path, epochs: int) -> dict:
     from stages.numerics import in_effect
     from stages.params import load_params
     from stages.schema import GENRES
-    from stages.train import embedding_config, fit
-    from bench.training import configure_torch, load_split
+    from stages.train import embedding_config
+    from bench.training import configure_torch, load_split, stage_loop_seconds
 
     params = load_params(project / "params.yaml")
     config = params.train
@@ -45,14 +45,9 @@ def samples_per_s(project: Path, epochs: int) -> dict:
                       dropout=config.dropout, embedding=embedding_config(train[0].numpy(), config))
     initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
-    def loop(count: int) -> float:
-        model.load_state_dict(initial)
-        fixed = config.model_copy(update={"max_epochs": count, "patience": count})  # no early stop
-        return fit(model, train, val, lr=params.lr, momentum=params.momentum, batch_size=params.batch_size,
-                   config=fixed, n_classes=len(GENRES)).train_seconds
-
-    loop(1)
-    return {"samples_per_s": len(train[1]) * epochs / loop(epochs), "numerics": in_effect(),
+    stage_loop_seconds(model, initial, train, val, params, 1)  # warm-up
+    seconds = stage_loop_seconds(model, initial, train, val, params, epochs)
+    return {"samples_per_s": len(train[1]) * epochs / seconds, "numerics": in_effect(),
             "rows": len(train[1]), "features": int(train[0].shape[1])}
 
 

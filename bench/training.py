@@ -85,13 +85,23 @@ def compute_only_seconds(model, features, labels, *, lr: float, momentum: float,
     return (time.perf_counter() - started) * len(labels) * epochs / (steps * len(batch))
 
 
+def stage_loop_seconds(model, initial: dict, train, val, params, epochs: int) -> float:
+    """Time of the training passes of `stages.train.fit` over `epochs` epochs (no early stop), from `initial`."""
+    from stages.schema import GENRES
+    from stages.train import fit
+
+    model.load_state_dict(initial)
+    fixed = params.train.model_copy(update={"max_epochs": epochs, "patience": epochs})
+    return fit(model, train, val, lr=params.lr, momentum=params.momentum, batch_size=params.batch_size,
+               config=fixed, n_classes=len(GENRES)).train_seconds
+
+
 def measure(ctx: Context) -> dict:
     import torch
 
     from stages.model import build_mlp
     from stages.params import load_params
     from stages.schema import GENRES
-    from stages.train import fit
 
     project = ctx.prepared("preprocess")
     params = load_params(project / "params.yaml")
@@ -106,11 +116,7 @@ def measure(ctx: Context) -> dict:
     initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
     def stage_loop(count: int) -> float:
-        model.load_state_dict(initial)
-        fixed = config.model_copy(update={"max_epochs": count, "patience": count})  # no early stop
-        result = fit(model, train, val, lr=params.lr, momentum=params.momentum, batch_size=params.batch_size,
-                     config=fixed, n_classes=len(GENRES))
-        return result.train_seconds
+        return stage_loop_seconds(model, initial, train, val, params, count)
 
     def plain_loop(count: int) -> float:
         model.load_state_dict(initial)

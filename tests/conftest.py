@@ -44,6 +44,21 @@ def tool_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def user_env(**extra: str) -> dict[str, str]:
+    """tool_env as a user's shell would have it: without the numerics pin this test process set, so a child proves
+    that it pins itself."""
+    from stages.numerics import MODE_VARIABLE, unpinned_environment
+
+    env = unpinned_environment(tool_env())
+    del env[MODE_VARIABLE]
+    env.update(extra)
+    return env
+
+
+# What stages.numerics.in_effect() reports once numpy and torch have run under the pin.
+PINNED_STATE = {"mode": "portable", "numpy": "AVX2 or less", "aten": "AVX2", "mkl_cbwr": "COMPATIBLE"}
+
+
 def run(args: list[str] | str, cwd: Path, *, check: bool = True, env: dict[str, str] | None = None,
         timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
     """Run a command, capture its output, and on an unexpected exit code fail with that output."""

@@ -20,14 +20,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("download", "split", "select", "preprocess", "train", "baselines", "evaluate")
 PREDICT_OUTPUT = Path("reports/predict_raw.csv")
 # Outputs of a run that are times, not results: outside Git and dvc.lock, and different every run.
 NOT_RESULTS = ("reports/timing/",)
 
 
 def stage_outputs() -> dict[str, list[str]]:
-    """Each stage's declared outs, from the repository's dvc.yaml."""
+    """Each stage's declared outs, from the repository's dvc.yaml, in its order (the order the stages run in)."""
     import yaml
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -49,13 +48,13 @@ def file_hashes(project: Path, paths: list[str]) -> dict[str, str]:
 
 
 def run(project: Path, baselines: Path | None) -> dict[str, dict[str, str]]:
-    """Run the stages in order in `project`, then predict on its raw songs; the hashes of each stage's outputs."""
+    """Run the stages in dvc.yaml's order in `project`, then predict on its raw songs; the hashes of each stage's outputs."""
     import importlib
 
     os.chdir(project)
     outputs = stage_outputs()
     hashes: dict[str, dict[str, str]] = {}
-    for name in STAGES:
+    for name in outputs:
         if name == "baselines" and baselines is not None:
             Path("reports").mkdir(exist_ok=True)
             shutil.copyfile(baselines, "reports/baselines.json")

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.numerics import unpinned_environment
-from tests.conftest import BIN, ROOT, SYNTHETIC_OVERRIDES, make_project, run, tool_env
+from tests.conftest import BIN, PINNED_STATE, ROOT, SYNTHETIC_OVERRIDES, make_project, run, user_env
 
 pytestmark = pytest.mark.e2e
 
@@ -72,10 +71,7 @@ def assert_metric_values(metrics: dict | None) -> None:
 
 
 def test_exp_run_with_a_new_lr_reruns_only_train_and_evaluate(project):
-    # As a user's shell would start it, without this test process's numerics pin to inherit.
-    env = unpinned_environment(tool_env())
-    env.pop("SPOTIFY_GENRE_NUMERICS")
-    result = run(["dvc", "exp", "run", "--name", "lr-tenth", "-S", "lr=0.01"], project, env=env)
+    result = run(["dvc", "exp", "run", "--name", "lr-tenth", "-S", "lr=0.01"], project, env=user_env())
 
     assert re.findall(r"Running stage '([^']+)'", result.stdout) == ["train", "evaluate"]
     for stage in set(stages(project)) - {"train", "evaluate"}:
@@ -85,7 +81,7 @@ def test_exp_run_with_a_new_lr_reruns_only_train_and_evaluate(project):
     assert_metric_values(recorded["metrics"])
     assert yaml.safe_load((project / "params.yaml").read_text())["lr"] == 0.01, "the result is applied"
     numerics = json.loads((project / "reports" / "timing" / "train.json").read_text())["numerics"]
-    assert numerics == {"mode": "portable", "numpy": "AVX2 or less", "aten": "AVX2", "mkl_cbwr": "COMPATIBLE"}
+    assert numerics == PINNED_STATE
 
 
 def test_make_sweep_runs_the_grid_compares_it_and_fails_loudly_on_a_bad_run(project):

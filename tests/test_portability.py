@@ -8,7 +8,6 @@ the CPU takes the code path it would take there. One Python process per CPU runs
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 import yaml
 
 from stages.numerics import unpinned_environment
-from tests.conftest import ROOT, SYNTHETIC_OVERRIDES, default_params, tool_env, with_overrides
+from tests.conftest import PINNED_STATE, ROOT, SYNTHETIC_OVERRIDES, default_params, user_env, with_overrides
 
 QEMU = shutil.which("qemu-x86_64")
 VALGRIND = shutil.which("valgrind")
@@ -29,12 +28,6 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(QEMU is None, reason="qemu-x86_64 is absent (Debian package qemu-user; .ci/run installs it)"),
 ]
-
-
-def _pinned_env(**extra: str) -> dict[str, str]:
-    env = tool_env(**extra)
-    env.pop("SPOTIFY_GENRE_NUMERICS", None)
-    return env
 
 
 def _command(cpu: str | None, *args: str) -> list[str]:
@@ -53,7 +46,7 @@ def runs(tmp_path_factory) -> dict[str, dict]:
 
     def start(name: str, cpu: str | None, *extra: str) -> subprocess.Popen:
         args = _command(cpu, "-m", "tests.portable_run", str(base / name), "--out", str(base / f"{name}.json"), *extra)
-        return subprocess.Popen(args, cwd=ROOT, env=_pinned_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        return subprocess.Popen(args, cwd=ROOT, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
 
     def finish(name: str, process: subprocess.Popen) -> dict:
@@ -72,7 +65,7 @@ def runs(tmp_path_factory) -> dict[str, dict]:
         shutil.copytree(base / "native", base / "valgrind")
         (base / "valgrind" / "reports" / "baselines.json").unlink()
         under_valgrind = subprocess.Popen([VALGRIND, "-q", "--tool=none", sys.executable, "-m", "stages.baselines"],
-                                          cwd=base / "valgrind", env=_pinned_env(PYTHONPATH=str(ROOT)),
+                                          cwd=base / "valgrind", env=user_env(PYTHONPATH=str(ROOT)),
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     results.update({cpu: finish(cpu, process) for cpu, process in emulated.items()})
     if under_valgrind is not None:
@@ -95,8 +88,7 @@ def test_every_stage_and_predict_give_the_same_bytes_as_on_this_cpu(runs, cpu):
 
 @pytest.mark.parametrize("run", ["native", *EMULATED_CPUS])
 def test_the_pin_is_in_effect_in_each_run(runs, run):
-    assert runs[run]["numerics"] == {"mode": "portable", "numpy": "AVX2 or less", "aten": "AVX2",
-                                     "mkl_cbwr": "COMPATIBLE"}
+    assert runs[run]["numerics"] == PINNED_STATE
 
 
 _MATMUL = ("import stages, hashlib, torch; g = torch.Generator().manual_seed(0); "
@@ -107,9 +99,9 @@ _MATMUL = ("import stages, hashlib, torch; g = torch.Generator().manual_seed(0);
 def test_the_emulated_cpus_take_other_code_paths_without_the_pin():
     """The negative control: unpinned, oneMKL's matmul gives other bytes on the two emulated CPUs, so the
     equality above is the pin's doing, not qemu passing this machine's CPU through."""
-    unpinned = unpinned_environment(_pinned_env())
+    unpinned = unpinned_environment(user_env())
     runs = {"Haswell": ("Haswell", unpinned), "EPYC-Rome": ("EPYC-Rome", unpinned),
-            "Haswell, pinned": ("Haswell", _pinned_env())}
+            "Haswell, pinned": ("Haswell", user_env())}
     processes = {name: subprocess.Popen(_command(cpu, "-c", _MATMUL), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, text=True)
                  for name, (cpu, env) in runs.items()}
@@ -147,7 +139,7 @@ def test_the_tree_baselines_compiled_code_has_one_path_for_every_cpu():
     loads is compiled for baseline x86-64 (SSE registers only) and never asks the CPU what it has: the same
     instructions, so the same bytes, on every x86-64 CPU. What they call that does dispatch on the CPU (numpy, and
     OpenBLAS through scipy) is pinned and proved by the emulated stages above."""
-    result = subprocess.run([sys.executable, "-c", _TREE_CODE], cwd=ROOT, env=_pinned_env(), capture_output=True,
+    result = subprocess.run([sys.executable, "-c", _TREE_CODE], cwd=ROOT, env=user_env(), capture_output=True,
                             text=True, timeout=300, check=True)
     modules = json.loads(result.stdout)
     assert any("_hist_gradient_boosting" in path for path in modules) and any("/tree/" in path for path in modules)
