@@ -5,12 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install repro test test-fast sweep bench lock clean help
+.PHONY: install repro test test-fast test-install sweep bench lock clean help
 
 help:
 	@echo "make repro      set up .venv and run the DVC pipeline (dvc repro)"
 	@echo "make test       set up .venv and run the whole test suite"
 	@echo "make test-fast  unit tests only (no dvc end-to-end runs)"
+	@echo "make test-install  pip install . into a fresh venv: predict works, no pipeline packages (minutes)"
 	@echo "make sweep      queue and run the default hyperparameter grid, then compare"
 	@echo "make bench      measure pipeline speed and write reports/bench.json"
 	@echo "make lock       re-resolve dependencies into requirements/constraints.txt"
@@ -21,7 +22,7 @@ $(BIN)/python:
 # Reinstalled whenever the declared or locked dependencies change.
 $(STAMP): pyproject.toml requirements/constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24,<27"
-	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[pipeline,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,7 +34,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not e2e"
+	$(BIN)/python -m pytest -m "not e2e and not install"
+
+test-install: $(STAMP)
+	$(BIN)/python -m pytest -m install
 
 # The default grid (3 x 2 = 6 experiments); override on the command line, e.g.
 #   make sweep SWEEP_LR=0.003,0.03 SWEEP_BATCH=64 SWEEP_JOBS=1
@@ -58,7 +62,7 @@ bench: $(STAMP)
 
 lock: | $(BIN)/python
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/python -m pip install --quiet -e '.[dev]'
+	.lock-venv/bin/python -m pip install --quiet -e '.[pipeline,dev]'
 	.lock-venv/bin/python -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > requirements/constraints.txt
 	rm -rf .lock-venv
 

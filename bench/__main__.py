@@ -64,7 +64,7 @@ def _load(path: Path) -> dict:
 
 
 def _write(folder: Path, document: dict) -> None:
-    from stages.files import write_json, write_text
+    from spotify_genre.atomic import write_json, write_text
 
     write_json(folder / "bench.json", document)
     write_text(folder / "bench.md", report.markdown(document))

@@ -2,7 +2,7 @@
 
 The input is the raw songs repeated to the row count (real songs when the dataset is present), written with
 every raw column; the model and preprocessor are those the pipeline trains with the default params. End to
-end is a fresh `python -m stages.predict` process per run; "in process" calls the same `main()` in this
+end is a fresh `python -m spotify_genre.cli` process per run; "in process" calls the same `main()` in this
 process, after one unmeasured call, so the interpreter's start and the imports (torch, pandas) are left out.
 """
 
@@ -30,7 +30,7 @@ def songs_csv(raw: pd.DataFrame, rows: int) -> bytes:
 
 
 def measure(ctx: Context) -> dict:
-    from stages.predict import main as predict_main
+    from spotify_genre.cli import main as predict_main
 
     rows = QUICK_ROWS if ctx.quick else ROWS
     project = ctx.prepared("train")
@@ -40,7 +40,7 @@ def measure(ctx: Context) -> dict:
     argv = ["predict", str(source), "-o", str(output), "--model", str(model), "--preprocessor", str(preprocessor)]
 
     ctx.log(f"predict: {rows:,} rows, end to end x{ctx.runs}")
-    end_to_end = [run(python("-m", "stages.predict", *argv), project) for _ in range(ctx.runs)]
+    end_to_end = [run(python("-m", "spotify_genre.cli", *argv), project) for _ in range(ctx.runs)]
     written = output.read_text(encoding="utf-8").count("\n") - 1
     if written != rows:
         raise BenchError(f"predict wrote {written} rows for {rows}")
@@ -57,13 +57,13 @@ def measure(ctx: Context) -> dict:
                 raise BenchError(f"predict exited {code}: {quiet.getvalue()[-500:]}")
             if attempt:
                 in_process.append(seconds)
-    startup = [run(python("-c", "import stages.predict, stages.model"), project).seconds for _ in range(ctx.runs)]
+    startup = [run(python("-c", "import spotify_genre.cli, spotify_genre.model"), project).seconds for _ in range(ctx.runs)]
 
     wall = [r.seconds for r in end_to_end]
     return {
         "rows": rows,
         "input_mib": round(source.stat().st_size / 2**20, 1),
-        "command": "python -m stages.predict songs.csv -o out.csv",
+        "command": "python -m spotify_genre.cli songs.csv -o out.csv",
         "end_to_end_s": summary(wall),
         "end_to_end_rows_per_s": summary([rows / seconds for seconds in wall]),
         "peak_rss_mib": summary([r.max_rss_bytes / 2**20 for r in end_to_end]),

@@ -214,7 +214,7 @@ def _training(results: dict) -> list[str]:
         f"{results['hidden_sizes']}, batch {results['batch_size']}, {results['threads']} CPU thread(s), "
         f"{results['epochs_per_run']} epochs a run, both loops in one process, alternating):", "",
         "| loop | samples/s |", "| --- | --- |",
-        f"| train stage (`stages.train.fit`: tensors in memory, batches by index) | "
+        f"| train stage (`stages.training.fit`: tensors in memory, batches by index) | "
         f"{rate(results['stage_loop_samples_per_s'])} |",
         f"| plain `DataLoader(TensorDataset)`, shuffled | {rate(results['dataloader_samples_per_s'])} |",
         *([f"| compute only: the same steps on one batch, no data handling (the bound) | "
@@ -269,7 +269,7 @@ def _predict(results: dict) -> list[str]:
         f"{rate(results['end_to_end_rows_per_s'], '')} |",
         f"| in process (start-up and imports excluded) | {fig(results['in_process_s'])} | "
         f"{rate(results['in_process_rows_per_s'], '')} |",
-        f"| start-up: `import stages.predict, stages.model` | {fig(results['import_s'])} | |",
+        f"| start-up: `import spotify_genre.cli, spotify_genre.model` | {fig(results['import_s'])} | |",
         "", f"Peak memory end to end: {mib(results['peak_rss_mib'])}.",
     ]
 
@@ -278,7 +278,7 @@ def _cuda(results: dict) -> list[str]:
     if "skipped" in results:
         return [f"**CPU against GPU**: skipped ({results['skipped']}). On a machine with a GPU: "
                 "`python -m bench --only cuda` (needs neither DVC nor DVCLive)."]
-    lines = [f"**CPU against GPU** (`stages.train.fit`, default params with early stopping, {results['rows']:,} "
+    lines = [f"**CPU against GPU** (`stages.training.fit`, default params with early stopping, {results['rows']:,} "
              f"training rows, batch {results['batch_size']}; CPU on {results['cpu_threads']} thread(s); GPU "
              f"{results['gpu']}, torch {results['torch']}):", "",
              "| device | samples/s | time to the best epoch | whole fit | epochs (best) |",

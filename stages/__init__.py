@@ -1,6 +1,7 @@
-"""spotify-genre: the pipeline's stages (one module each) and the shared modules they stand on."""
+"""The DVC pipeline: one module per stage (`python -m stages.X`), on top of the `spotify_genre` library.
 
-from stages.numerics import pin as _pin_numerics
+Run from the repository root; not installed. Importing this package imports `spotify_genre` first, which pins
+the numerics before any stage loads numpy or torch.
+"""
 
-# Before any stage module imports numpy or torch, whatever started this process (see stages/numerics.py).
-_pin_numerics()
+import spotify_genre  # noqa: F401

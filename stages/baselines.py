@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.errors import DataError, exits_cleanly
-from stages.files import write_json
+from spotify_genre.atomic import write_json
+from spotify_genre.errors import exits_cleanly
+from spotify_genre.schema import GENRES
+from stages.artifacts import BASELINES, ProcessedSplit, read_processed_splits
 from stages.metrics import label_metrics, rounded
 from stages.params import BaselinesParams, load_params
-from stages.processed import ProcessedSplit, processed_path, read_processed
-from stages.schema import GENRES
 
-BASELINES = Path("reports/baselines.json")
 TIMING = Path("reports/timing/baselines.json")
 
 
@@ -65,23 +64,11 @@ def fit_baselines(train: ProcessedSplit, test: ProcessedSplit,
     return scores, seconds
 
 
-def _read(split: str) -> ProcessedSplit:
-    path = processed_path(split)
-    try:
-        return read_processed(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found; run `dvc repro preprocess` first") from None
-    except ValueError as error:
-        raise DataError(str(error)) from None
-
-
 @exits_cleanly
 def main(argv: list[str] | None = None) -> int:
     params = load_params()
-    train, test = _read("train"), _read("test")
-    if train.feature_names != test.feature_names:
-        raise DataError(f"{processed_path('test')}: feature columns differ from {processed_path('train')}'s; "
-                        "run `dvc repro preprocess` again")
+    splits = read_processed_splits(("train", "test"))
+    train, test = splits["train"], splits["test"]
     scores, seconds = fit_baselines(train, test, params.baselines)
     write_json(BASELINES, rounded(scores))
     write_json(TIMING, {name: round(value, 3) for name, value in seconds.items()})

@@ -7,12 +7,11 @@ import os
 import sys
 from pathlib import Path
 
+from spotify_genre.atomic import write_with
+from spotify_genre.errors import exits_cleanly
 from stages import sources
-from stages.errors import exits_cleanly
-from stages.files import write_with
+from stages.artifacts import RAW_SONGS
 from stages.params import load_params
-
-RAW_SONGS = Path("data/raw/spotify_songs.csv")
 
 
 @exits_cleanly

@@ -6,7 +6,6 @@ re-run writes the same bytes. Timings go to reports/timing/evaluate.json, which 
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -15,23 +14,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages.errors import BundleError, DataError, exits_cleanly
-from stages.files import write_json, write_text
+from spotify_genre.atomic import write_json, write_text
+from spotify_genre.errors import BundleError, DataError, exits_cleanly
+from spotify_genre.predictions import prediction_table, predictions_csv
+from spotify_genre.preprocessor import load_preprocessor
+from spotify_genre.schema import GENRES, LABEL, TRACK_ID
+from stages.artifacts import (ANOVA_REPORT, BASELINES, LOSS_CURVES, MODEL, PREPROCESSOR, SPLIT_REPORT, SPLITS,
+                              TRAINING_SUMMARY, ProcessedSplit, read_processed_splits, read_report, read_split)
 from stages.metrics import confusion_counts, headline_metrics, per_class_metrics, rounded, row_normalised
 from stages.params import load_params
-from stages.processed import SPLITS, ProcessedSplit, processed_path, read_processed
-from stages.predictions import prediction_table, predictions_csv
-from stages.report import (model_card, per_class_f1_csv, write_confusion_png,
-                           write_loss_png)
-from stages.schema import GENRES, LABEL, TRACK_ID, read_split
-
-MODEL = Path("models/model.pt")
-PREPROCESSOR = Path("models/preprocessor.json")
-ANOVA_REPORT = Path("reports/anova.json")
-BASELINES = Path("reports/baselines.json")
-SPLIT_REPORT = Path("reports/split.json")
-TRAINING_SUMMARY = Path("dvclive/metrics.json")
-LOSS_CURVES = {split: Path(f"dvclive/plots/metrics/{split}/loss.tsv") for split in ("train", "val")}
+from stages.report import model_card, per_class_f1_csv, write_confusion_png, write_loss_png
 
 METRICS = Path("reports/metrics.json")
 PREDICTIONS = Path("reports/predictions.csv")
@@ -62,15 +54,6 @@ def multi_genre_tracks(songs: pd.DataFrame) -> int:
     return int((songs.groupby(TRACK_ID)[LABEL].nunique() > 1).sum())
 
 
-def _read_json(path: Path, stage: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found; run `dvc repro {stage}` first") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path}: not valid JSON ({error}); run `dvc repro {stage}` again") from None
-
-
 def _read_tsv(path: Path, column: str) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, sep="\t")
@@ -82,25 +65,6 @@ def _read_tsv(path: Path, column: str) -> pd.DataFrame:
     return frame[["step", column]]
 
 
-def _read_splits() -> dict[str, ProcessedSplit]:
-    splits = {}
-    for name in SPLITS:
-        path = processed_path(name)
-        try:
-            splits[name] = read_processed(path)
-        except FileNotFoundError:
-            raise DataError(f"{path}: not found; run `dvc repro preprocess` first") from None
-        except ValueError as error:
-            raise DataError(str(error)) from None
-    for name, split in splits.items():
-        if split.feature_names != splits["train"].feature_names:
-            raise DataError(f"{processed_path(name)}: feature columns differ from {processed_path('train')}'s; "
-                            "run `dvc repro preprocess` again")
-        if len(split.labels) == 0:
-            raise DataError(f"{processed_path(name)}: no rows")
-    return splits
-
-
 def _read_labels() -> pd.DataFrame:
     """Every song's track id and genre, from the three raw splits."""
     return pd.concat([read_split(name, (TRACK_ID, LABEL)) for name in SPLITS], ignore_index=True)
@@ -110,18 +74,20 @@ def _read_labels() -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     load_params()
-    splits = _read_splits()
-    split_report = _read_json(SPLIT_REPORT, "split")
-    anova = _read_json(ANOVA_REPORT, "select")
-    preprocessor = _read_json(PREPROCESSOR, "preprocess")
-    training = _read_json(TRAINING_SUMMARY, "train")
-    baselines = _read_json(BASELINES, "baselines")
+    splits = read_processed_splits()
+    split_report = read_report(SPLIT_REPORT, "split")
+    anova = read_report(ANOVA_REPORT, "select")
+    preprocessor = load_preprocessor(PREPROCESSOR)
+    training = read_report(TRAINING_SUMMARY, "train")
+    baselines = read_report(BASELINES, "baselines")
     curves = {name: _read_tsv(path, "loss") for name, path in LOSS_CURVES.items()}
     songs = _read_labels()
 
-    from stages.model import load_bundle, predict_proba
+    from spotify_genre.bundle import load_bundle
+    from spotify_genre.model import predict_proba
 
-    bundle = load_bundle(MODEL, feature_names=splits["test"].feature_names, class_names=GENRES)
+    bundle = load_bundle(MODEL, feature_names=splits["test"].feature_names, class_names=GENRES,
+                         preprocessor_sha256=preprocessor.sha256, preprocessor_path=PREPROCESSOR)
     if bundle.data_sha256 != split_report.get("raw_sha256"):
         raise BundleError(f"{MODEL} was trained on data with sha256 {bundle.data_sha256}, but {SPLIT_REPORT} "
                           f"describes {split_report.get('raw_sha256')}; run `dvc repro` to retrain")
@@ -143,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     write_loss_png(LOSS_PNG, curves["train"], curves["val"], best_epoch)
     write_confusion_png(CONFUSION_PNG, row_normalised(counts), GENRES)
     write_text(MODEL_CARD, model_card(
-        metrics=metrics, data_sha256=bundle.data_sha256, split=split_report, anova=anova, preprocessor=preprocessor,
+        metrics=metrics, data_sha256=bundle.data_sha256, split=split_report, anova=anova, preprocessor=preprocessor.to_dict(),
         feature_count=len(bundle.feature_names), architecture=dict(bundle.architecture), params=bundle.params,
         training=training, multi_genre_tracks=multi_genre_tracks(songs)))
     write_json(TIMING, {"predict_s": round(predict_seconds, 3), "total_s": round(time.perf_counter() - started, 3)})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from stages.schema import TRACK_ID
+from spotify_genre.schema import TRACK_ID
 
 GROUP_BY = ("track_id", "track_artist")
 

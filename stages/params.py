@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from stages.errors import ParamsError
-from stages.schema import PLAYLIST_FIELDS
+from spotify_genre.errors import ParamsError
+from spotify_genre.features import CANDIDATE_FEATURES, CATEGORICAL_FEATURES, TEXT_FIELDS
+from spotify_genre.schema import PLAYLIST_FIELDS
+from spotify_genre.validation import Strict, validated
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -20,11 +21,7 @@ PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class DataParams(_Section):
+class DataParams(Strict):
     source: Literal["auto", "kaggle", "url", "file", "synthetic"]
     external_dir: str
     path: str
@@ -37,7 +34,7 @@ class DataParams(_Section):
     synthetic_seed: NonNegativeInt
 
 
-class SplitParams(_Section):
+class SplitParams(Strict):
     val_size: Fraction
     test_size: Fraction
     seed: NonNegativeInt
@@ -51,7 +48,7 @@ class SplitParams(_Section):
         return self
 
 
-class SelectParams(_Section):
+class SelectParams(Strict):
     candidates: Annotated[list[str], Field(min_length=1)]
     k: PositiveInt | None
     max_p_value: Annotated[float, Field(gt=0.0, le=1.0)]
@@ -60,8 +57,6 @@ class SelectParams(_Section):
     @field_validator("candidates")
     @classmethod
     def _known_and_safe(cls, candidates: list[str]) -> list[str]:
-        from stages.features import CANDIDATE_FEATURES
-
         for name in candidates:
             if name in PLAYLIST_FIELDS:
                 raise ValueError(f"{name!r} is a playlist field: it determines the genre and must never be a model input")
@@ -72,7 +67,7 @@ class SelectParams(_Section):
         return candidates
 
 
-class TextParams(_Section):
+class TextParams(Strict):
     fields: list[str]
     buckets: Annotated[int, Field(ge=16, le=1_048_576)]
     ngram_min: Annotated[int, Field(ge=1, le=8)]
@@ -83,8 +78,6 @@ class TextParams(_Section):
     @field_validator("fields")
     @classmethod
     def _known_and_safe(cls, fields: list[str]) -> list[str]:
-        from stages.text import TEXT_FIELDS
-
         for name in fields:
             if name in PLAYLIST_FIELDS:
                 raise ValueError(f"{name!r} is a playlist field: it determines the genre and must never be a "
@@ -102,7 +95,7 @@ class TextParams(_Section):
         return self
 
 
-class PreprocessParams(_Section):
+class PreprocessParams(Strict):
     categorical: Literal["onehot", "ordinal"]
     scaler: Literal["standard", "robust"]
     log_transform: list[str]
@@ -111,22 +104,20 @@ class PreprocessParams(_Section):
     @field_validator("log_transform")
     @classmethod
     def _known_numeric(cls, names: list[str]) -> list[str]:
-        from stages.features import CATEGORICAL_FEATURES, CANDIDATE_FEATURES
-
         for name in names:
             if name not in CANDIDATE_FEATURES or name in CATEGORICAL_FEATURES:
                 raise ValueError(f"{name!r} is not a numeric candidate feature")
         return names
 
 
-class EmbeddingParams(_Section):
+class EmbeddingParams(Strict):
     kind: Literal["periodic", "none"]
     frequencies: Annotated[int, Field(ge=1, le=256)]
     dim: Annotated[int, Field(ge=1, le=256)]
     sigma: Annotated[float, Field(gt=0.0, le=100.0)]
 
 
-class TrainParams(_Section):
+class TrainParams(Strict):
     max_epochs: PositiveInt
     patience: PositiveInt
     min_delta: Annotated[float, Field(ge=0.0)]
@@ -155,7 +146,7 @@ class TrainParams(_Section):
         return self
 
 
-class BaselinesParams(_Section):
+class BaselinesParams(Strict):
     models: list[Literal["majority", "hist_gradient_boosting", "random_forest"]]
     seed: NonNegativeInt
     rf_trees: Annotated[int, Field(ge=1, le=2000)]
@@ -170,7 +161,7 @@ class BaselinesParams(_Section):
         return names
 
 
-class Params(_Section):
+class Params(Strict):
     lr: Annotated[float, Field(gt=0.0, le=10.0)]
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)]
     batch_size: PositiveInt
@@ -189,28 +180,10 @@ class Params(_Section):
         return size
 
 
-def _describe(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = re.sub(r"^Value error, ", "", first["msg"])
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    elif first["type"] == "missing":
-        message = "missing key"
-    elif "input" in first and not isinstance(first["input"], (dict, list)):
-        message += f" (got {first['input']!r})"
-    more = len(error.errors()) - 1
-    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{source}: {key}: {message}{suffix}"
-
-
 def parse_params(raw: object, source: str = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping of keys to values at the top level")
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as error:
-        raise ParamsError(_describe(error, source)) from None
+    return validated(Params, raw, source, ParamsError)
 
 
 def load_params(path: str | os.PathLike = PARAMS_FILE) -> Params:

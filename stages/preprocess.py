@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import re
 import sys
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from stages.errors import DataError, exits_cleanly
-from stages.features import CANDIDATE_FEATURES
+from spotify_genre.errors import DataError, exits_cleanly
+from spotify_genre.features import CANDIDATE_FEATURES
+from spotify_genre.preprocessor import Preprocessor, model_inputs, save_preprocessor
+from spotify_genre.schema import LABEL, TRACK_ID
+from stages.artifacts import (ANOVA_REPORT, PREPROCESSOR, SPLIT_REPORT, SPLITS, ProcessedSplit, processed_path,
+                              read_report, read_split, write_processed)
 from stages.groups import GROUP_BY, group_keys
 from stages.params import PreprocessParams, load_params
-from stages.preprocessing import Preprocessor, encode_labels, fit_model_inputs, model_inputs, save_preprocessor
-from stages.processed import SPLITS, ProcessedSplit, processed_path, write_processed
-from stages.schema import LABEL, TRACK_ID, read_split
-
-SPLIT_REPORT = Path("reports/split.json")
-ANOVA_REPORT = Path("reports/anova.json")
-PREPROCESSOR = Path("models/preprocessor.json")
+from stages.preprocessor_fit import encode_labels, fit_model_inputs
 
 
 def preprocess_splits(splits: dict[str, pd.DataFrame], selected: list[str], params: PreprocessParams,
@@ -41,15 +37,6 @@ def preprocess_splits(splits: dict[str, pd.DataFrame], selected: list[str], para
         for name, songs in splits.items()
     }
     return pre, processed
-
-
-def _read_json(path: Path, produced_by: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found; run `dvc repro {produced_by}` first") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise DataError(f"{path}: not valid JSON; run `dvc repro {produced_by}` again") from None
 
 
 def _selected_features(anova: Any) -> list[str]:
@@ -79,8 +66,8 @@ def _group_by(report: Any) -> str:
 @exits_cleanly
 def main(argv: list[str] | None = None) -> int:
     params = load_params()
-    selected = _selected_features(_read_json(ANOVA_REPORT, "select"))
-    split_report = _read_json(SPLIT_REPORT, "split")
+    selected = _selected_features(read_report(ANOVA_REPORT, "select"))
+    split_report = read_report(SPLIT_REPORT, "split")
     splits = {name: read_split(name) for name in SPLITS}
     pre, processed = preprocess_splits(splits, selected, params.preprocess, _data_sha256(split_report),
                                        _group_by(split_report))

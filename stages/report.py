@@ -14,7 +14,7 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from stages.files import write_with
+from spotify_genre.atomic import write_with
 
 FIGURE_DPI = 100
 # Matplotlib writes its version as "Software"; PNGs carry no date, so this keeps the bytes stable.

@@ -10,14 +10,14 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_selection import f_classif
 
-from stages.errors import DataError, ParamsError, exits_cleanly
-from stages.features import candidate_features
-from stages.files import write_json, write_text
+from spotify_genre.atomic import write_json, write_text
+from spotify_genre.errors import DataError, ParamsError, exits_cleanly
+from spotify_genre.features import candidate_features
+from spotify_genre.schema import LABEL
+from stages.artifacts import ANOVA_REPORT, SPLIT_DIR, read_split
 from stages.params import SelectParams, load_params
-from stages.schema import LABEL, SPLIT_DIR, read_split
 
 TRAIN_SPLIT = SPLIT_DIR / "train.parquet"
-REPORT = Path("reports/anova.json")
 PLOT = Path("reports/plots/anova.csv")
 MISSING_VALUES = "imputed with the training median of the feature before the F-test"
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params()
     train = read_split("train")
     report = select_features(train, params.select)
-    write_json(REPORT, report)
+    write_json(ANOVA_REPORT, report)
     write_text(PLOT, plot_rows(report))
     print(f"select: {len(report['selected'])} of {len(report['features'])} candidates: {', '.join(report['selected'])}")
     return 0

@@ -23,10 +23,10 @@ import requests
 import urllib3.exceptions
 from tqdm import tqdm
 
-from stages.errors import AcquisitionError, DataError, PipelineError
+from spotify_genre.errors import AcquisitionError, DataError, PipelineError
 from stages.params import DataParams
-from stages.schema import read_songs, validate_songs
-from stages.synthetic import synthetic_songs
+from spotify_genre.schema import read_songs, validate_songs
+from spotify_genre.synthetic import synthetic_songs
 
 CSV_NAME = "spotify_songs.csv"
 # What a user may drop into data.external_dir, in order of preference: the Kaggle download, then the bare CSV.
@@ -349,7 +349,7 @@ def _root_cause(error: BaseException) -> str:
 # --- Kaggle -----------------------------------------------------------------------------------------------
 
 
-def _kaggle_api_class():
+def kaggle_api_class():
     """The official client's KaggleApi, loaded without running kaggle/__init__.py.
 
     That file authenticates on import: it prints help to stdout when no credentials are set, and with a token it
@@ -377,7 +377,7 @@ def from_kaggle(data: DataParams, credentials: str | None, env: Mapping[str, str
     chatter = io.StringIO()  # the client prints progress and, in verbose mode, request headers: keep them out
     try:
         with tempfile.TemporaryDirectory(prefix="spotify-genre-kaggle-") as folder, contextlib.redirect_stdout(chatter):
-            api = _kaggle_api_class()()
+            api = kaggle_api_class()()
             api.authenticate()
             api.dataset_download_files(dataset, path=folder, force=True, quiet=True, unzip=False)
             archive = io.BytesIO((Path(folder) / f"{dataset.split('/')[1]}.zip").read_bytes())

@@ -18,20 +18,16 @@ from __future__ import annotations
 import hashlib
 import io
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from stages.errors import DataError, exits_cleanly
-from stages.files import write_json, write_parquet
+from spotify_genre.atomic import write_json, write_parquet
+from spotify_genre.errors import DataError, exits_cleanly
+from spotify_genre.schema import COLUMNS, GENRES, LABEL, RELEASE_DATE, TRACK_ID, read_songs, validate_songs
+from stages.artifacts import RAW_SONGS, SPLIT_DIR, SPLIT_REPORT, SPLITS
 from stages.groups import group_keys
 from stages.params import SplitParams, load_params
-from stages.schema import COLUMNS, GENRES, LABEL, RELEASE_DATE, SPLIT_DIR, TRACK_ID, read_songs, validate_songs
-
-RAW_CSV = Path("data/raw/spotify_songs.csv")
-REPORT = Path("reports/split.json")
-SPLITS = ("train", "val", "test")
 # Required for the release-year/month/precision features, and the only feature source the schema lets be empty.
 MISSING_FIELDS = (RELEASE_DATE,)
 METHOD = ("u = first 8 bytes of sha256('<seed>:<group>') / 2**64; "
@@ -118,14 +114,14 @@ def _with_integer_columns(frame: pd.DataFrame) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     params = load_params()
     try:
-        data = RAW_CSV.read_bytes()
+        data = RAW_SONGS.read_bytes()
     except FileNotFoundError:
-        raise DataError(f"{RAW_CSV}: not found; run `dvc repro download` first") from None
-    songs = validate_songs(read_songs(io.BytesIO(data), str(RAW_CSV)), str(RAW_CSV))
+        raise DataError(f"{RAW_SONGS}: not found; run `dvc repro download` first") from None
+    songs = validate_songs(read_songs(io.BytesIO(data), str(RAW_SONGS)), str(RAW_SONGS))
     splits, report = split_songs(_with_integer_columns(songs), params.split)
     for name, frame in splits.items():
         write_parquet(SPLIT_DIR / f"{name}.parquet", frame)
-    write_json(REPORT, {"raw_sha256": hashlib.sha256(data).hexdigest(), **report})
+    write_json(SPLIT_REPORT, {"raw_sha256": hashlib.sha256(data).hexdigest(), **report})
     sizes = ", ".join(f"{name} {len(frame)}" for name, frame in splits.items())
     print(f"split: {sizes} rows; {report['missing']['rows_affected']} rows missing a release date "
           f"({params.split.missing})")

@@ -21,7 +21,18 @@ REAL_ZIP_CANDIDATES = (
     ROOT.parent / "shared" / "data" / "spotify_songs.zip",
 )
 REAL_CSV_SHA256 = "9902920cfe4940f0914ebb6716801a42f7f19ac88fbd6693eaae7e2822b16845"
-PROJECT_FILES = ("stages", "dvc.yaml", "params.yaml", ".gitignore")
+PROJECT_FILES = ("stages", "spotify_genre", "dvc.yaml", "params.yaml", ".gitignore")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The `install` tests run only when asked for by name (`-m install`, as `make test-install` does): they take
+    minutes, and an `-m "not e2e"` of one's own would otherwise pull them in."""
+    if "install" in (config.option.markexpr or ""):
+        return
+    chosen = [item for item in items if item.get_closest_marker("install") is None]
+    if len(chosen) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in chosen])
+        items[:] = chosen
 
 
 def real_zip() -> Path | None:
@@ -47,7 +58,7 @@ def tool_env(**extra: str) -> dict[str, str]:
 def user_env(**extra: str) -> dict[str, str]:
     """tool_env as a user's shell would have it: without the numerics pin this test process set, so a child proves
     that it pins itself."""
-    from stages.numerics import MODE_VARIABLE, unpinned_environment
+    from spotify_genre.numerics import MODE_VARIABLE, unpinned_environment
 
     env = unpinned_environment(tool_env())
     del env[MODE_VARIABLE]
@@ -55,7 +66,7 @@ def user_env(**extra: str) -> dict[str, str]:
     return env
 
 
-# What stages.numerics.in_effect() reports once numpy and torch have run under the pin.
+# What spotify_genre.numerics.in_effect() reports once numpy and torch have run under the pin.
 PINNED_STATE = {"mode": "portable", "numpy": "AVX2 or less", "aten": "AVX2", "mkl_cbwr": "COMPATIBLE"}
 
 
@@ -118,6 +129,25 @@ def make_project(dest: Path, overrides: dict[str, object] | None = None) -> Path
     return dest
 
 
+def copy_project(source: Path, dest: Path) -> Path:
+    """A copy of a project with its Git history, DVC cache and workspace: as independent as a clone, but nothing
+    has to run again."""
+    shutil.copytree(source, dest, symlinks=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def synthetic_pipeline(tmp_path_factory) -> Path:
+    """The synthetic pipeline run once per test session (`dvc repro`), every result committed.
+
+    A test that only reads it uses it as it is; a test that changes anything works on a copy_project() of it."""
+    project = make_project(tmp_path_factory.mktemp("synthetic-pipeline") / "project", SYNTHETIC_OVERRIDES)
+    run(["dvc", "repro"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "results"], project)
+    return project
+
+
 @pytest.fixture
 def synthetic_project(tmp_path: Path) -> Path:
     """A temporary DVC project set to run the whole pipeline on small synthetic data."""
@@ -126,6 +156,6 @@ def synthetic_project(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_songs_small():
-    from stages.synthetic import synthetic_songs
+    from spotify_genre.synthetic import synthetic_songs
 
     return synthetic_songs(3000, seed=0)

@@ -63,7 +63,7 @@ def run(project: Path, baselines: Path | None) -> dict[str, dict[str, str]]:
         if code != 0:
             raise SystemExit(f"portable_run: stage {name} exited {code}")
         hashes[name] = file_hashes(project, outputs[name])
-    from stages.predict import main as predict
+    from spotify_genre.cli import main as predict
 
     code = predict(["data/raw/spotify_songs.csv", "-o", PREDICT_OUTPUT.as_posix(), "--top-k", "3"])
     if code != 0:
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve() if args.out else None
     sys.path.insert(0, str(ROOT))
     import stages  # noqa: F401  (the numerics pin, before the stages import numpy and torch)
-    from stages.numerics import in_effect
+    from spotify_genre.numerics import in_effect
 
     hashes = run(args.project.resolve(), baselines)
     report = {"numerics": in_effect(), "hashes": hashes}

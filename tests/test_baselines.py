@@ -9,8 +9,8 @@ import pytest
 
 from stages import baselines
 from stages.params import BaselinesParams
-from stages.processed import ProcessedSplit, write_processed
-from stages.schema import GENRES
+from stages.artifacts import ProcessedSplit, write_processed
+from spotify_genre.schema import GENRES
 from tests.conftest import ROOT
 
 FEATURES = tuple(f"f{i}" for i in range(8))

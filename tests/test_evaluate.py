@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -13,83 +14,95 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from sklearn import metrics as skm
-
+from spotify_genre.preprocessor import load_preprocessor, save_preprocessor
+from spotify_genre.schema import GENRES
+from spotify_genre.synthetic import synthetic_songs
 from stages import evaluate
+from stages.artifacts import ProcessedSplit, write_processed
 from stages.metrics import (confusion_counts, headline_metrics, label_metrics, per_class_metrics, rounded,
                             row_normalised)
-from stages.processed import ProcessedSplit, write_processed
-from stages.schema import GENRES
-from tests.conftest import ROOT, SYNTHETIC_OVERRIDES, make_project, run, with_overrides
+from stages.params import parse_params
+from stages.preprocessor_fit import fit_model_inputs
+from tests.conftest import ROOT, default_params, with_overrides
 
-# A fixed, hand-checkable example over three classes: 8 songs, 5 right.
-Y_TRUE = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+# A fixed, hand-checkable example over three classes: 10 songs, 6 right. Its confusion matrix (rows actual,
+# columns predicted) is not symmetric, so precision and recall differ for every class:
+#     [[3, 1, 0],     actual 0: 4 songs     predicted 0: 5 songs
+#      [1, 2, 0],     actual 1: 3 songs     predicted 1: 4 songs
+#      [1, 1, 1]]     actual 2: 3 songs     predicted 2: 1 song
+Y_TRUE = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
 PROBA = np.array([
     [0.7, 0.2, 0.1],  # 0 -> 0
     [0.5, 0.4, 0.1],  # 0 -> 0
+    [0.6, 0.3, 0.1],  # 0 -> 0
     [0.2, 0.6, 0.2],  # 0 -> 1
     [0.1, 0.8, 0.1],  # 1 -> 1
-    [0.3, 0.3, 0.4],  # 1 -> 2
-    [0.1, 0.1, 0.8],  # 2 -> 2
-    [0.6, 0.2, 0.2],  # 2 -> 0
+    [0.3, 0.5, 0.2],  # 1 -> 1
+    [0.5, 0.4, 0.1],  # 1 -> 0
     [0.2, 0.2, 0.6],  # 2 -> 2
+    [0.6, 0.2, 0.2],  # 2 -> 0
+    [0.3, 0.4, 0.3],  # 2 -> 1
 ])
 Y_PRED = PROBA.argmax(axis=1)
+CONFUSION = [[3, 1, 0], [1, 2, 0], [1, 1, 1]]
+# By hand from CONFUSION: precision = diagonal / column total, recall = diagonal / row total,
+# F1 = 2 * diagonal / (row total + column total).
+PRECISION = (3 / 5, 2 / 4, 1 / 1)
+RECALL = (3 / 4, 2 / 3, 1 / 3)
+F1 = (6 / 9, 4 / 7, 2 / 4)
+SUPPORT = (4, 3, 3)
 
 
-def test_headline_metrics_by_hand_and_as_scikit_learn_computes_them():
+def test_the_example_is_the_confusion_matrix_it_claims():
+    assert confusion_counts(Y_TRUE, Y_PRED, 3).tolist() == CONFUSION
+    for p, r, f in zip(PRECISION, RECALL, F1):
+        assert f == pytest.approx(2 * p * r / (p + r))
+
+
+def test_headline_metrics_by_hand():
     got = headline_metrics(Y_TRUE, PROBA)
-
-    # By hand: class 0 precision 2/3 recall 2/3; class 1 precision 1/2 recall 1/2; class 2 precision 2/3 recall 2/3.
-    assert got["accuracy"] == pytest.approx(5 / 8)
-    assert got["precision_macro"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
-    assert got["recall_macro"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
-    assert got["f1_macro"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
-    assert got["f1_weighted"] == pytest.approx((3 * 2 / 3 + 2 * 1 / 2 + 3 * 2 / 3) / 8)
-    true_class_proba = PROBA[np.arange(len(Y_TRUE)), Y_TRUE]
-    assert got["log_loss"] == pytest.approx(-np.log(true_class_proba).mean())
-
-    assert got == {
-        "accuracy": skm.accuracy_score(Y_TRUE, Y_PRED),
-        "f1_macro": skm.f1_score(Y_TRUE, Y_PRED, average="macro"),
-        "f1_weighted": skm.f1_score(Y_TRUE, Y_PRED, average="weighted"),
-        "precision_macro": skm.precision_score(Y_TRUE, Y_PRED, average="macro"),
-        "recall_macro": skm.recall_score(Y_TRUE, Y_PRED, average="macro"),
-        "log_loss": skm.log_loss(Y_TRUE, PROBA),
-    }
+    assert got == pytest.approx({
+        "accuracy": 6 / 10,
+        "f1_macro": (6 / 9 + 4 / 7 + 2 / 4) / 3,
+        "f1_weighted": (4 * 6 / 9 + 3 * 4 / 7 + 3 * 2 / 4) / 10,
+        "precision_macro": (3 / 5 + 2 / 4 + 1) / 3,
+        "recall_macro": (3 / 4 + 2 / 3 + 1 / 3) / 3,
+        # the probability each song's actual genre got
+        "log_loss": -np.mean(np.log([0.7, 0.5, 0.6, 0.2, 0.8, 0.5, 0.4, 0.6, 0.2, 0.3])),
+    }, rel=1e-12)
+    assert list(got) == ["accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "log_loss"]
     assert all(type(value) is float for value in got.values())
 
 
-def test_per_class_metrics_match_the_classification_report():
+def test_per_class_metrics_by_hand():
     names = ("a", "b", "c")
     got = per_class_metrics(Y_TRUE, Y_PRED, names)
-    report = skm.classification_report(Y_TRUE, Y_PRED, target_names=list(names), output_dict=True)
-
     assert list(got) == list(names)
-    for name in names:
-        assert got[name]["precision"] == pytest.approx(report[name]["precision"])
-        assert got[name]["recall"] == pytest.approx(report[name]["recall"])
-        assert got[name]["f1"] == pytest.approx(report[name]["f1-score"])
-        assert got[name]["support"] == report[name]["support"]
+    for i, name in enumerate(names):
+        assert got[name] == pytest.approx({"precision": PRECISION[i], "recall": RECALL[i], "f1": F1[i],
+                                           "support": SUPPORT[i]}, rel=1e-12)
         assert type(got[name]["support"]) is int
-    assert got["b"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
 
 
 def test_a_class_never_predicted_or_absent_still_counts_in_the_macro_average():
     proba = np.hstack([PROBA, np.zeros((len(PROBA), 1))])  # a fourth class: no song, never predicted
     got = headline_metrics(Y_TRUE, proba)
-    assert got["f1_macro"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3 + 0.0) / 4)
+    assert got["f1_macro"] == pytest.approx((6 / 9 + 4 / 7 + 2 / 4 + 0.0) / 4, rel=1e-12)
+    assert got["precision_macro"] == pytest.approx((3 / 5 + 2 / 4 + 1 + 0.0) / 4, rel=1e-12)
+    assert got["recall_macro"] == pytest.approx((3 / 4 + 2 / 3 + 1 / 3 + 0.0) / 4, rel=1e-12)
+    assert got["f1_weighted"] == pytest.approx(headline_metrics(Y_TRUE, PROBA)["f1_weighted"], rel=1e-12)
     assert got["log_loss"] == pytest.approx(headline_metrics(Y_TRUE, PROBA)["log_loss"])
     assert per_class_metrics(Y_TRUE, Y_PRED, ("a", "b", "c", "d"))["d"] == {
         "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
-    assert label_metrics(Y_TRUE, Y_PRED, 4)["f1_macro"] == pytest.approx(got["f1_macro"])
+    assert label_metrics(Y_TRUE, Y_PRED, 4) == pytest.approx({"accuracy": 6 / 10, "f1_macro": got["f1_macro"]})
 
 
 def test_confusion_matrix_rows_are_actual_classes_and_normalise_to_one():
     counts = confusion_counts(Y_TRUE, Y_PRED, 4)
-    assert counts.tolist() == [[2, 1, 0, 0], [0, 1, 1, 0], [1, 0, 2, 0], [0, 0, 0, 0]]
+    assert counts.tolist() == [[*row, 0] for row in CONFUSION] + [[0, 0, 0, 0]]
     normalised = row_normalised(counts)
-    assert normalised[:3].sum(axis=1) == pytest.approx([1, 1, 1])
+    assert np.allclose(normalised[:3], [[3 / 4, 1 / 4, 0, 0], [1 / 3, 2 / 3, 0, 0], [1 / 3, 1 / 3, 1 / 3, 0]],
+                       rtol=1e-12, atol=0)
     assert normalised[3].tolist() == [0, 0, 0, 0]
 
 
@@ -102,6 +115,7 @@ def test_rounded_rounds_every_float_and_leaves_the_rest():
 # --- the stage on a small world of its own ---------------------------------------------------------------
 
 SHA = hashlib.sha256(b"synthetic raw data").hexdigest()
+SELECTED = ["danceability", "energy", "key"]
 FEATURES = tuple(f"f{i}" for i in range(8))
 SIZES = {"train": 900, "val": 200, "test": 200}
 
@@ -114,11 +128,24 @@ def _split(name: str, rng: np.random.Generator) -> ProcessedSplit:
     return ProcessedSplit(features.astype(np.float32), labels.astype(np.int64), ids, FEATURES)
 
 
+def _write_preprocessor(path: Path, *, songs_seed: int = 0) -> None:
+    """A real preprocessor, fitted as the preprocess stage fits one: a robust scaler, log1p of `energy`, one-hot
+    `key`, and genre scores of `track_name` (so the .npz beside it holds arrays)."""
+    params = parse_params(with_overrides(default_params(), {
+        "preprocess.scaler": "robust", "preprocess.log_transform": ["energy"], "preprocess.categorical": "onehot",
+        "preprocess.text.fields": ["track_name"], "preprocess.text.buckets": 64, "preprocess.text.folds": 2}))
+    songs = synthetic_songs(300, seed=songs_seed)
+    pre, _ = fit_model_inputs(songs, SELECTED, params.preprocess, data_sha256=SHA, groups=songs["track_id"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_preprocessor(path, pre)
+
+
 def _write_world(root: Path, params_overrides: dict) -> dict[str, ProcessedSplit]:
     """Every input of the evaluate stage, as the upstream stages lay them out, under `root`."""
     import torch
 
-    from stages.model import build_mlp, save_bundle
+    from spotify_genre.bundle import save_bundle
+    from spotify_genre.model import build_mlp
 
     rng = np.random.default_rng(0)
     splits = {name: _split(name, rng) for name in SIZES}
@@ -141,11 +168,8 @@ def _write_world(root: Path, params_overrides: dict) -> dict[str, ProcessedSplit
     (root / "reports" / "anova.json").write_text(json.dumps({
         "selected": ["danceability", "energy", "key"],
         "features": [{"feature": name} for name in ("danceability", "energy", "key", "mode")]}))
-    (root / "models").mkdir()
-    (root / "models" / "preprocessor.json").write_text(json.dumps({
-        "data_sha256": SHA, "scaler": "robust",
-        "numeric": {"danceability": {"log1p": False}, "energy": {"log1p": True}},
-        "categorical": {"key": {"encoding": "onehot"}}}))
+    preprocessor = root / "models" / "preprocessor.json"
+    _write_preprocessor(preprocessor)
     live = root / "dvclive"
     for split in ("train", "val"):
         (live / "plots" / "metrics" / split).mkdir(parents=True, exist_ok=True)
@@ -172,7 +196,9 @@ def _write_world(root: Path, params_overrides: dict) -> dict[str, ProcessedSplit
     params = with_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), params_overrides)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     save_bundle(root / "models" / "model.pt", model.eval(), architecture=architecture, feature_names=FEATURES,
-                class_names=GENRES, preprocessor={"classes": list(GENRES)},
+                class_names=GENRES,
+                preprocessor={"path": "models/preprocessor.json",
+                              "sha256": hashlib.sha256(preprocessor.read_bytes()).hexdigest()},
                 params={"lr": 0.1, "momentum": 0.9, "train": {"hidden_sizes": [16]}}, data_sha256=SHA)
     return splits
 
@@ -256,6 +282,7 @@ def test_stage_writes_every_output_with_the_expected_content(world, capsys):
     assert SHA in card
     assert "Selected features (3 of 4 candidates" in card and "`danceability`, `energy`, `key`." in card
     assert "robust scaler, after log1p of `energy`." in card and "One-hot encoded: `key`." in card
+    assert "per text field" in card and "`track_name`." in card
     assert "2 tracks appear under more than one genre" in card
     assert "| best epoch | stopped epoch | best validation loss |" in card and "| 3 | 5 | 1.3100 |" in card
     assert f"| MLP (this model) | {metrics['accuracy']:.4f} | {metrics['f1_macro']:.4f} |" in card
@@ -293,7 +320,9 @@ def test_no_baselines_means_no_verdict():
     ("data/processed/test.parquet", "data/processed/test.parquet: not found; run `dvc repro preprocess` first"),
     ("reports/anova.json", "reports/anova.json: not found; run `dvc repro select` first"),
     ("reports/baselines.json", "reports/baselines.json: not found; run `dvc repro baselines` first"),
-    ("models/preprocessor.json", "models/preprocessor.json: not found; run `dvc repro preprocess` first"),
+    ("models/preprocessor.json", "models/preprocessor.json: not found; run `dvc repro preprocess`"),
+    ("models/preprocessor.npz", "models/preprocessor.npz: not found; it holds the text arrays of "
+                                "models/preprocessor.json"),
     ("dvclive/plots/metrics/val/loss.tsv", "dvclive/plots/metrics/val/loss.tsv: not found"),
     ("data/split/val.parquet", "data/split/val.parquet: not found; run `dvc repro split` first"),
 ])
@@ -315,6 +344,29 @@ def test_a_model_trained_on_other_data_is_refused(world, capsys):
     assert "was trained on data with sha256" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("which", ["refitted on other songs", "one number changed"])
+def test_a_preprocessor_other_than_the_one_the_model_records_is_refused(world, capsys, which):
+    root, _ = world
+    path = root / "models" / "preprocessor.json"
+    before, features = hashlib.sha256(path.read_bytes()).hexdigest(), load_preprocessor(path).output_features
+    if which == "refitted on other songs":
+        _write_preprocessor(path, songs_seed=1)
+    else:
+        pre = load_preprocessor(path)
+        columns = list(pre.columns)
+        columns[0] = dataclasses.replace(columns[0], center=columns[0].center + 0.5)
+        save_preprocessor(path, dataclasses.replace(pre, columns=tuple(columns)))
+    after = hashlib.sha256(path.read_bytes()).hexdigest()
+    # A valid preprocessor for the same features: only its sha256 tells it from the one the model was trained with.
+    assert after != before and load_preprocessor(path).output_features == features
+
+    assert evaluate.main([]) == 6
+    err = capsys.readouterr().err
+    assert err.startswith("error: models/model.pt: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "models/preprocessor.json" in err and before[:12] in err and after[:12] in err, err
+    assert not (root / evaluate.METRICS).exists()
+
+
 def test_bad_params_fail_before_any_work(world, capsys):
     root, _ = world
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -323,36 +375,3 @@ def test_bad_params_fail_before_any_work(world, capsys):
     assert evaluate.main([]) == 2
     assert "baselines.models" in capsys.readouterr().err
     assert not (root / evaluate.METRICS).exists()
-
-
-# --- the real DVC CLI ---------------------------------------------------------------------------------------
-
-@pytest.mark.e2e
-def test_dvc_metrics_show_and_diff_after_an_experiment(tmp_path):
-    project = make_project(tmp_path / "project", SYNTHETIC_OVERRIDES)
-    run(["dvc", "repro"], project)
-    metrics = json.loads((project / "reports/metrics.json").read_text())
-
-    shown = run(["dvc", "metrics", "show", "--json"], project).stdout
-    assert json.loads(shown)[""]["data"]["reports/metrics.json"]["data"]["accuracy"] == metrics["accuracy"]
-    table = run(["dvc", "metrics", "show"], project).stdout
-    assert "accuracy" in table and f"{metrics['accuracy']:g}"[:5] in table
-    assert "beats_baselines" in table
-
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-q", "-m", "results"], project)
-    assert run(["git", "status", "--porcelain"], project).stdout == ""
-    assert "up to date" in run(["dvc", "status"], project).stdout
-
-    experiment = run(["dvc", "exp", "run", "-S", "lr=0.2"], project).stdout
-    assert "Running stage 'train'" in experiment and "Running stage 'evaluate'" in experiment
-    assert "Running stage 'split'" not in experiment and "Running stage 'baselines'" not in experiment
-    assert yaml.safe_load((project / "params.yaml").read_text())["lr"] == 0.2
-
-    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project).stdout)
-    changed = diff["reports/metrics.json"]
-    assert changed["log_loss"]["old"] == metrics["log_loss"]
-    assert changed["log_loss"]["new"] != metrics["log_loss"]
-    assert "baselines.majority.accuracy" not in changed  # baselines do not depend on lr
-    readable = run(["dvc", "metrics", "diff"], project).stdout
-    assert "reports/metrics.json" in readable and "log_loss" in readable

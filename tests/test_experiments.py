@@ -7,24 +7,21 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from tests.conftest import BIN, PINNED_STATE, ROOT, SYNTHETIC_OVERRIDES, make_project, run, user_env
+from tests.conftest import BIN, PINNED_STATE, ROOT, copy_project, run, user_env
+from tests.test_train import TRACKED
 
 pytestmark = pytest.mark.e2e
 
-# A few epochs are enough to tell experiments apart.
-OVERRIDES = {**SYNTHETIC_OVERRIDES, "train.max_epochs": 2, "baselines.models": ["majority"]}
 METRICS = "reports/metrics.json"
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory) -> Path:
-    """The pipeline run once on synthetic data and committed: the baseline every experiment starts from."""
-    repo = make_project(tmp_path_factory.mktemp("experiments") / "project", OVERRIDES)
-    run(["dvc", "repro"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "baseline"], repo)
+def baseline(synthetic_pipeline, tmp_path_factory) -> Path:
+    """The pipeline run once on synthetic data and committed (a copy of the session's): every experiment's start."""
+    repo = copy_project(synthetic_pipeline, tmp_path_factory.mktemp("experiments") / "project")
     yield repo
     run(["dvc", "queue", "stop"], repo, check=False)
 
@@ -65,23 +62,41 @@ def stages(repo: Path) -> list[str]:
     return list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
 
 
-def assert_metric_values(metrics: dict | None) -> None:
-    assert metrics is not None
-    assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["f1_macro"] <= 1.0
-
-
 def test_exp_run_with_a_new_lr_reruns_only_train_and_evaluate(project):
+    """One experiment, checked from every side: what ran, what DVC recorded, what `dvc metrics` shows and diffs."""
+    before = json.loads((project / METRICS).read_text())
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)[""]["data"]
+    assert shown[METRICS]["data"] == before
+    assert "best_val_loss" in shown["dvclive/metrics.json"]["data"]
+    table = run(["dvc", "metrics", "show"], project).stdout
+    assert "beats_baselines" in table and f"{before['accuracy']:g}"[:5] in table
+    committed = run(["git", "ls-files", "dvclive"], project).stdout.split()
+    assert sorted(committed) == ["dvclive/metrics.json"] + [f"dvclive/plots/metrics/{name}" for name in TRACKED]
+
     result = run(["dvc", "exp", "run", "--name", "lr-tenth", "-S", "lr=0.01"], project, env=user_env())
 
     assert re.findall(r"Running stage '([^']+)'", result.stdout) == ["train", "evaluate"]
     for stage in set(stages(project)) - {"train", "evaluate"}:
         assert f"Stage '{stage}' didn't change, skipping" in result.stdout
+    after = json.loads((project / METRICS).read_text())
     recorded = experiments(project)["lr-tenth"]
     assert recorded["params"]["lr"] == 0.01
-    assert_metric_values(recorded["metrics"])
+    assert recorded["metrics"] == after, "the experiment records the metrics its run wrote"
     assert yaml.safe_load((project / "params.yaml").read_text())["lr"] == 0.01, "the result is applied"
+    assert torch.load(project / "models/model.pt", weights_only=True)["params"]["lr"] == 0.01
+    assert yaml.safe_load((project / "dvc.lock").read_text())["stages"]["train"]["params"]["params.yaml"]["lr"] == 0.01
+    assert not list((project / "dvclive").glob(".*")), "staging folders left in dvclive/"
+    assert not (project / "dvclive/dvc.yaml").exists() and not (project / "dvclive/params.yaml").exists()
     numerics = json.loads((project / "reports" / "timing" / "train.json").read_text())["numerics"]
     assert numerics == PINNED_STATE
+
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], project).stdout)[METRICS]
+    assert diff["log_loss"] == {"old": before["log_loss"], "new": after["log_loss"],
+                                "diff": pytest.approx(after["log_loss"] - before["log_loss"])}
+    assert after["log_loss"] != before["log_loss"]
+    assert after["baselines"] == before["baselines"], "baselines do not depend on lr"
+    assert not any(key.startswith("baselines.") for key in diff)
+    assert "log_loss" in run(["dvc", "metrics", "diff"], project).stdout
 
 
 def test_make_sweep_runs_the_grid_compares_it_and_fails_loudly_on_a_bad_run(project):
@@ -107,8 +122,9 @@ def test_make_sweep_runs_the_grid_compares_it_and_fails_loudly_on_a_bad_run(proj
     recorded = experiments(project)
     assert [recorded[name]["params"]["lr"] for name in good] == [0.02, 0.03]
     assert all(recorded[name]["params"]["batch_size"] == 128 for name in good)
-    for name in good:
-        assert_metric_values(recorded[name]["metrics"])
+    metrics = [recorded[name]["metrics"] for name in good]
+    assert all(set(m) >= {"accuracy", "f1_macro", "log_loss", "baselines"} for m in metrics), metrics
+    assert metrics[0]["log_loss"] != metrics[1]["log_loss"], "two learning rates, one result: nothing was trained"
 
     table = [row for row in sweep.stdout.splitlines() if row.startswith("|")]
     header = [cell.strip() for cell in table[0].strip("|").split("|")]

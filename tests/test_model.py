@@ -1,10 +1,12 @@
-"""The shared model module: the MLP, device choice, the bundle's safe loading, batched prediction."""
+"""The library's model and bundle (spotify_genre/model.py, bundle.py): the MLP, device choice, the bundle's safe
+loading and its checks, batched prediction."""
 
 from __future__ import annotations
 
 import builtins
 import io
 import pickle
+import re
 import zipfile
 
 import numpy as np
@@ -12,9 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from stages import model as model_module
-from stages.errors import BundleError, PipelineError
-from stages.model import BUNDLE_FORMAT, build_mlp, load_bundle, predict_proba, resolve_device, save_bundle
+from spotify_genre import model as model_module
+from spotify_genre.bundle import BUNDLE_FORMAT, load_bundle, save_bundle
+from spotify_genre.errors import BundleError, PipelineError, PreprocessorMismatch
+from spotify_genre.model import build_mlp, predict_proba, resolve_device
 
 FEATURES = ("danceability", "energy", "loudness", "tempo")
 CLASSES = ("edm", "latin", "pop", "r&b", "rap", "rock")
@@ -35,9 +38,11 @@ def _trained_model(seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+PREPROCESSOR = {"path": "models/preprocessor.json", "sha256": "ab" * 32}
+
+
 def _save(path, model=None, **overrides):
-    fields = dict(architecture=ARCHITECTURE, feature_names=FEATURES, class_names=CLASSES,
-                  preprocessor={"path": "models/preprocessor.json", "sha256": "ab" * 32},
+    fields = dict(architecture=ARCHITECTURE, feature_names=FEATURES, class_names=CLASSES, preprocessor=PREPROCESSOR,
                   params={"lr": 0.05, "train": {"hidden_sizes": [8, 5]}}, data_sha256="cd" * 32)
     fields.update(overrides)
     save_bundle(path, model if model is not None else _trained_model(), **fields)
@@ -48,6 +53,12 @@ def _rewrite(path, change) -> None:
     raw = torch.load(path, weights_only=True)
     change(raw)
     torch.save(raw, path)
+
+
+def _refused_naming(path, key: str, expected: str):
+    """pytest.raises for a BundleError whose one line is `path: not a valid model bundle: key: ...expected...`."""
+    return pytest.raises(BundleError, match=rf"^{re.escape(str(path))}: not a valid model bundle: {re.escape(key)}: "
+                                            rf"[^\n]*{re.escape(expected)}[^\n]*$")
 
 
 class _CreatesFile:
@@ -114,17 +125,22 @@ def test_bundle_with_an_embedding_round_trips(tmp_path):
     assert np.array_equal(predict_proba(bundle.model, features), predict_proba(model, features))
 
 
-@pytest.mark.parametrize("embedding", [
-    {"columns": [0, 9], "frequencies": 4, "dim": 3, "sigma": 0.1},
-    {"columns": [0, 0], "frequencies": 4, "dim": 3, "sigma": 0.1},
-    {"columns": [0], "frequencies": 0, "dim": 3, "sigma": 0.1},
-    {"columns": [0], "frequencies": 4, "dim": 3},
-    "periodic",
-])
-def test_a_bad_embedding_entry_is_refused(tmp_path, embedding):
+@pytest.mark.parametrize("embedding, key, expected", [
+    ({"columns": [0, 9], "frequencies": 4, "dim": 3, "sigma": 0.1}, "architecture",
+     "embedding.columns must be distinct input columns below n_features (4)"),
+    ({"columns": [0, 0], "frequencies": 4, "dim": 3, "sigma": 0.1}, "architecture",
+     "embedding.columns must be distinct input columns below n_features (4)"),
+    ({"columns": [0], "frequencies": 0, "dim": 3, "sigma": 0.1}, "architecture.embedding.frequencies",
+     "greater than or equal to 1 (got 0)"),
+    ({"columns": [0], "frequencies": 4, "dim": 3}, "architecture.embedding.sigma", "missing key"),
+    ({"columns": [0], "frequencies": 4, "dim": 3, "sigma": 0.1, "kind": "lstm"}, "architecture.embedding.kind",
+     "unknown key"),
+    ("periodic", "architecture.embedding", "(got 'periodic')"),
+], ids=["column out of range", "column twice", "no frequencies", "no sigma", "unknown key", "not a mapping"])
+def test_a_bad_embedding_entry_is_refused(tmp_path, embedding, key, expected):
     _save(tmp_path / "model.pt")
     _rewrite(tmp_path / "model.pt", lambda raw: raw["architecture"].update(embedding=embedding))
-    with pytest.raises(BundleError, match="architecture.embedding should be null or a mapping"):
+    with _refused_naming(tmp_path / "model.pt", key, expected):
         load_bundle(tmp_path / "model.pt")
 
 
@@ -168,7 +184,7 @@ def test_bundle_round_trip_reproduces_predictions(tmp_path):
     assert all(value.device.type == "cpu" for value in bundle.model.state_dict().values())
     assert (bundle.feature_names, bundle.class_names) == (FEATURES, CLASSES)
     assert bundle.architecture == ARCHITECTURE
-    assert bundle.preprocessor == {"path": "models/preprocessor.json", "sha256": "ab" * 32}
+    assert (bundle.preprocessor.path, bundle.preprocessor.sha256) == (PREPROCESSOR["path"], PREPROCESSOR["sha256"])
     assert bundle.params == {"lr": 0.05, "train": {"hidden_sizes": [8, 5]}}
     assert bundle.data_sha256 == "cd" * 32
     features = np.random.default_rng(1).normal(size=(50, len(FEATURES))).astype(np.float32)
@@ -279,30 +295,75 @@ def test_class_list_mismatch_is_refused(tmp_path):
         load_bundle(path, class_names=CLASSES[:-1])
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda raw: raw.pop("class_names"), "class_names should be present"),
-    (lambda raw: raw.update(feature_names="danceability"), "feature_names should be a list of names"),
-    (lambda raw: raw["architecture"].update(n_features=3), "architecture.n_features should be the number"),
-    (lambda raw: raw["architecture"].update(activation="gelu"), "architecture should be a mapping with exactly"),
-    (lambda raw: raw["state_dict"].pop("0.weight"), "the weights do not fit the architecture"),
-    (lambda raw: raw["state_dict"].update({"0.weight": torch.zeros(3, 3)}), "the weights do not fit"),
-])
-def test_malformed_bundle_is_refused(tmp_path, change, expected):
+@pytest.mark.parametrize("change, key, expected", [
+    (lambda raw: raw.pop("class_names"), "class_names", "missing key"),
+    (lambda raw: raw.update(feature_names="danceability"), "feature_names", "list (got 'danceability')"),
+    (lambda raw: raw["feature_names"].__setitem__(1, 7), "feature_names.1", "string (got 7)"),
+    (lambda raw: raw["architecture"].update(n_features=3), "(top level)",
+     "architecture.n_features is 3, but there are 4 feature names"),
+    (lambda raw: raw["architecture"].update(n_classes=7), "(top level)",
+     "architecture.n_classes is 7, but there are 6 class names"),
+    (lambda raw: raw["architecture"].update(activation="gelu"), "architecture.activation", "unknown key"),
+    (lambda raw: raw["architecture"].update(dropout=1.0), "architecture.dropout", "less than 1 (got 1.0)"),
+    (lambda raw: raw.update(smuggled="x"), "smuggled", "unknown key"),
+    (lambda raw: raw.update(preprocessor="models/preprocessor.json"), "preprocessor",
+     "(got 'models/preprocessor.json')"),
+    (lambda raw: raw["preprocessor"].pop("path"), "preprocessor.path", "missing key"),
+    (lambda raw: raw["preprocessor"].update(sha256="AB" * 32), "preprocessor.sha256", f"(got '{'AB' * 32}')"),
+    (lambda raw: raw["preprocessor"].update(sha256="ab" * 31), "preprocessor.sha256", f"(got '{'ab' * 31}')"),
+    (lambda raw: raw["state_dict"].update({"0.weight": [[0.0]]}), "state_dict.0.weight", "Tensor"),
+], ids=["no class names", "feature names not a list", "feature name not a string", "n_features", "n_classes",
+        "unknown architecture key", "dropout 1", "unknown top-level key", "preprocessor as a path",
+        "preprocessor without path", "preprocessor sha256 upper case", "preprocessor sha256 short", "weight a list"])
+def test_malformed_bundle_is_refused_naming_the_key(tmp_path, change, key, expected):
     path = tmp_path / "model.pt"
     _save(path)
     _rewrite(path, change)
-    with pytest.raises(BundleError, match=expected):
+    with _refused_naming(path, key, expected):
         load_bundle(path)
 
 
+@pytest.mark.parametrize("change", [
+    lambda raw: raw["state_dict"].pop("0.weight"),
+    lambda raw: raw["state_dict"].update({"0.weight": torch.zeros(3, 3)}),
+], ids=["weight missing", "weight of another shape"])
+def test_weights_that_do_not_fit_the_architecture_are_refused(tmp_path, change):
+    path = tmp_path / "model.pt"
+    _save(path)
+    _rewrite(path, change)
+    with pytest.raises(BundleError, match=rf"^{re.escape(str(path))}: the weights do not fit the architecture \("
+                                          r"[^\n]*\)$"):
+        load_bundle(path)
+
+
+def test_a_bundle_trained_with_another_preprocessor_is_refused(tmp_path):
+    """The preprocessor's sha256 the bundle records must be the one given: a mismatch is exit code 6."""
+    path = tmp_path / "model.pt"
+    _save(path)
+    other = "ef" * 32
+    with pytest.raises(PreprocessorMismatch) as caught:
+        load_bundle(path, feature_names=FEATURES, class_names=CLASSES, preprocessor_sha256=other)
+    message = str(caught.value)
+    assert isinstance(caught.value, BundleError) and caught.value.exit_code == 6
+    assert "\n" not in message and message.startswith(f"{path}: ")
+    assert PREPROCESSOR["sha256"][:12] in message and other[:12] in message and PREPROCESSOR["path"] in message
+
+    bundle = load_bundle(path, feature_names=FEATURES, class_names=CLASSES,
+                         preprocessor_sha256=PREPROCESSOR["sha256"])
+    assert bundle.preprocessor.sha256 == PREPROCESSOR["sha256"]
+    features = np.random.default_rng(5).normal(size=(10, len(FEATURES))).astype(np.float32)
+    assert np.array_equal(predict_proba(bundle.model, features), predict_proba(load_bundle(path).model, features))
+
+
 def test_model_loading_in_the_code_is_weights_only():
-    """Every torch.load in the pipeline's code asks for weights_only=True (issue 10, safe loading)."""
+    """Every torch.load in the library and the stages asks for weights_only=True (issue 10, safe loading)."""
     from pathlib import Path
 
-    root = Path(model_module.__file__).parent
-    calls = [(path.name, line.strip()) for path in sorted(root.glob("*.py"))
+    library = Path(model_module.__file__).parent
+    calls = [(path.relative_to(library.parent).as_posix(), line.strip())
+             for path in sorted([*library.glob("*.py"), *(library.parent / "stages").glob("*.py")])
              for line in path.read_text(encoding="utf-8").splitlines() if "torch.load(" in line]
-    assert calls, "expected the bundle loader's torch.load call"
+    assert "spotify_genre/bundle.py" in {name for name, _ in calls}, "expected the bundle loader's torch.load call"
     assert all("weights_only=True" in line for _, line in calls), calls
 
 

@@ -1,7 +1,8 @@
-"""The numerics pin (stages/numerics.py): in place before numpy and torch load, whatever starts the process."""
+"""The numerics pin (spotify_genre/numerics.py): in place before numpy and torch load, whatever starts the process."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -9,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from stages import numerics
+from spotify_genre import numerics
 from tests.conftest import PINNED_STATE, ROOT, tool_env
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
-    environment = tool_env(**env)
-    if "SPOTIFY_GENRE_NUMERICS" not in env:
-        environment.pop("SPOTIFY_GENRE_NUMERICS", None)
+    environment = tool_env()
+    environment.pop("SPOTIFY_GENRE_NUMERICS", None)
     for name in numerics.PINNED:
         environment.pop(name, None)  # as a user's shell would have it: nothing set beforehand
+    environment.update(env)
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True,
                           timeout=120)
 
@@ -30,7 +31,7 @@ def test_this_test_process_computes_on_the_pinned_paths():
 
 def test_importing_a_stage_module_pins_a_fresh_process():
     result = _python("import stages.train, torch; torch.ones(2, 2) @ torch.ones(2, 2); "
-                     "from stages.numerics import in_effect; print(in_effect())")
+                     "from spotify_genre.numerics import in_effect; print(in_effect())")
     assert result.returncode == 0, result.stderr
     assert eval(result.stdout) == PINNED_STATE
     assert "UnpinnedWarning" not in result.stderr
@@ -40,7 +41,7 @@ def test_native_mode_leaves_every_library_on_its_own_path():
     environ = {"SPOTIFY_GENRE_NUMERICS": "native"}
     numerics.pin(environ)
     assert environ == {"SPOTIFY_GENRE_NUMERICS": "native"}
-    result = _python("import stages, os; from stages.numerics import PINNED, in_effect; "
+    result = _python("import stages, os; from spotify_genre.numerics import PINNED, in_effect; "
                      "print([os.environ.get(name) for name in PINNED], in_effect()['mode'])",
                      SPOTIFY_GENRE_NUMERICS="native")
     assert result.returncode == 0, result.stderr
@@ -63,7 +64,7 @@ def test_a_library_loaded_before_the_pin_is_warned_about_by_name():
 
 
 def _probabilities(threads: int) -> bytes:
-    from stages.model import build_mlp, predict_proba
+    from spotify_genre.model import build_mlp, predict_proba
 
     torch.manual_seed(0)
     model = build_mlp(42, 6, [128, 64], 0.2, {"columns": list(range(30)), "frequencies": 8, "dim": 8, "sigma": 0.1})
@@ -80,12 +81,19 @@ def test_inference_gives_the_same_bytes_whatever_the_thread_count(monkeypatch):
     """torch defaults to one thread per core, and oneMKL's pinned branch splits products by thread count."""
     one = _probabilities(1)
     assert all(_probabilities(threads) == one for threads in (2, 3, 4, 8))
-    monkeypatch.setattr("stages.model.inference_threads", lambda: None)  # the negative control: unfixed
+    monkeypatch.setattr("spotify_genre.model.inference_threads", lambda: None)  # the negative control: unfixed
     assert any(_probabilities(threads) != one for threads in (3, 4, 8))
 
 
 def test_an_unpinned_child_gets_the_environment_from_before_the_pin():
-    environ = numerics.unpinned_environment()
-    assert environ["SPOTIFY_GENRE_NUMERICS"] == "native"
-    assert all(environ.get(name) == numerics._BEFORE_PIN[name] for name in numerics.PINNED)
-    assert environ.get("MKL_CBWR") != "COMPATIBLE"
+    """A process started with its own MKL_CBWR and without the others pins itself, and hands a child what it had."""
+    code = ("import json, os, spotify_genre; from spotify_genre.numerics import PINNED, unpinned_environment; "
+            "child = unpinned_environment(); "
+            "print(json.dumps({'own': {n: os.environ.get(n) for n in PINNED}, "
+            "'child': {n: child.get(n) for n in [*PINNED, 'SPOTIFY_GENRE_NUMERICS']}}))")
+    result = _python(code, MKL_CBWR="AUTO")
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["own"] == numerics.PINNED
+    assert seen["child"] == {**{name: None for name in numerics.PINNED}, "MKL_CBWR": "AUTO",
+                             "SPOTIFY_GENRE_NUMERICS": "native"}

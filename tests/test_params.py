@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import typing
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from stages.errors import ParamsError
+from spotify_genre.errors import ParamsError
 from stages.params import Params, load_params, parse_params
 from tests.conftest import ROOT, default_params, run, tool_env, with_overrides
 
@@ -143,16 +144,29 @@ def test_malformed_files_get_a_clear_error(tmp_path: Path, text, expected):
         load_params(path)
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_every_stage_validates_params_before_any_work(tmp_path: Path, stage):
-    """Each stage, run as DVC runs it, refuses a typo in a section it does not even read, and writes nothing."""
+def _with_typo(folder: Path, stage: str) -> None:
     broken = default_params()
     broken["baselines" if stage != "baselines" else "data"]["typo_key"] = 1
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(broken, sort_keys=False))
-    env = tool_env(PYTHONPATH=str(ROOT))
-    result = run(["python", "-m", f"stages.{stage}"], tmp_path, check=False, env=env)
+    (folder / "params.yaml").write_text(yaml.safe_dump(broken, sort_keys=False))
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_validates_params_before_any_work(tmp_path: Path, monkeypatch, capsys, stage):
+    """Each stage's main() refuses a typo in a section it does not even read, and writes nothing."""
+    _with_typo(tmp_path, stage)
+    monkeypatch.chdir(tmp_path)
+    assert importlib.import_module(f"stages.{stage}").main([]) == 2
+    err = capsys.readouterr().err
+    assert "typo_key: unknown key" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_a_stage_run_as_dvc_runs_it_refuses_bad_params(tmp_path: Path):
+    """The same, once, as a process (`python -m stages.train`, what dvc.yaml runs): exit code 2, one line."""
+    _with_typo(tmp_path, "train")
+    result = run(["python", "-m", "stages.train"], tmp_path, check=False, env=tool_env(PYTHONPATH=str(ROOT)))
     assert result.returncode == 2
-    assert "typo_key: unknown key" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("error: params.yaml: baselines.typo_key: unknown key")
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

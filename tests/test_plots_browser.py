@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import SYNTHETIC_OVERRIDES, make_project, run
+from tests.conftest import copy_project, run
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 pytestmark = [
@@ -104,10 +104,9 @@ class Charts(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    project = make_project(tmp_path_factory.mktemp("plots") / "project", SYNTHETIC_OVERRIDES)
-    run(["dvc", "repro"], project)
-    return project
+def project(synthetic_pipeline, tmp_path_factory) -> Path:
+    """A copy of the session's synthetic pipeline run: `dvc plots show` writes its page into the project."""
+    return copy_project(synthetic_pipeline, tmp_path_factory.mktemp("plots") / "project")
 
 
 @pytest.fixture(scope="module")

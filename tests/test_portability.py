@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.numerics import unpinned_environment
+from spotify_genre.numerics import unpinned_environment
 from tests.conftest import PINNED_STATE, ROOT, SYNTHETIC_OVERRIDES, default_params, user_env, with_overrides
 
 QEMU = shutil.which("qemu-x86_64")

@@ -3,6 +3,8 @@ the evaluate stage's reports/predictions.csv after a real `dvc repro`."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import pickle
 import subprocess
@@ -13,13 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import predict
-from stages.features import candidate_features
+from spotify_genre import cli
+from spotify_genre.features import candidate_features
+from spotify_genre.preprocessor import NumericColumn, load_preprocessor, model_inputs, save_preprocessor
+from spotify_genre.schema import GENRES, INPUT_COLUMNS, RELEASE_DATE, TRACK_ID
+from spotify_genre.synthetic import synthetic_songs
 from stages.params import load_params
-from stages.preprocessing import fit_preprocessor, load_preprocessor, model_inputs, save_preprocessor
-from stages.schema import GENRES, INPUT_COLUMNS, RELEASE_DATE, TRACK_ID
-from stages.synthetic import synthetic_songs
-from tests.conftest import BIN, ROOT, SYNTHETIC_OVERRIDES, make_project, run, tool_env
+from stages.preprocessor_fit import fit_preprocessor
+from tests.conftest import BIN, ROOT, run, tool_env
 
 BAD_CORPUS = ROOT / "tests" / "data" / "bad"
 # Bad for the pipeline's raw data, but fine for predict, which ignores extra columns and the label.
@@ -27,22 +30,33 @@ ACCEPTED_BY_PREDICT = {"extra_column.csv", "unknown_genre.csv"}
 ZERO_SHA = "0" * 64
 
 
-def _save_bundle(folder: Path, candidates: list[str], *, class_names=GENRES) -> tuple[Path, Path]:
-    """A real preprocessor and model bundle (seeded, untrained weights) fitted on synthetic songs."""
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _save_bundle(folder: Path, candidates: list[str], *, class_names=GENRES, songs_seed: int = 0,
+                 recorded: Path | None = None) -> tuple[Path, Path]:
+    """A real preprocessor fitted on synthetic songs and a model bundle (seeded, untrained weights) for it.
+
+    The bundle records the preprocessor it was made with, or `recorded` (a bundle that claims another one's sha256).
+    """
     import torch
 
-    from stages.model import build_mlp, save_bundle
+    from spotify_genre.bundle import save_bundle
+    from spotify_genre.model import build_mlp
 
     folder.mkdir(parents=True, exist_ok=True)
     params = load_params(ROOT / "params.yaml")
-    pre = fit_preprocessor(candidate_features(synthetic_songs(600, seed=0), candidates), params.preprocess,
+    pre = fit_preprocessor(candidate_features(synthetic_songs(600, seed=songs_seed), candidates), params.preprocess,
                            data_sha256=ZERO_SHA)
     save_preprocessor(folder / "preprocessor.json", pre)
+    recorded = recorded or folder / "preprocessor.json"
     torch.manual_seed(0)
     architecture = {"n_features": len(pre.output_features), "n_classes": len(class_names),
                     "hidden_sizes": [16], "dropout": 0.0}
     save_bundle(folder / "model.pt", build_mlp(**architecture), architecture=architecture,
-                feature_names=pre.output_features, class_names=class_names, preprocessor=pre.to_dict(),
+                feature_names=pre.output_features, class_names=class_names,
+                preprocessor={"path": recorded.as_posix(), "sha256": sha256_of(recorded)},
                 params={}, data_sha256=ZERO_SHA)
     return folder / "model.pt", folder / "preprocessor.json"
 
@@ -65,21 +79,24 @@ def _model_args(bundle) -> list[str]:
     return ["--model", str(bundle[0]), "--preprocessor", str(bundle[1])] if bundle else []
 
 
-def _predict(args: list[str], cwd: Path, bundle=None, stdin: bytes | None = None,
-             command: list[str] | None = None) -> subprocess.CompletedProcess:
-    """The command in a child process: real exit code, real streams, and any traceback would show."""
-    return subprocess.run([*(command or [sys.executable, "-m", "stages.predict"]), *args, *_model_args(bundle)],
-                          cwd=cwd, env=tool_env(PYTHONPATH=str(ROOT)), input=stdin, capture_output=True,
-                          timeout=120)
+def _predict(command: list[str], args: list[str], cwd: Path, bundle=None,
+             stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    """A child process, for what only a process shows: the console script, real pipes, the modules it imported."""
+    return subprocess.run([*command, *args, *_model_args(bundle)], cwd=cwd, env=tool_env(PYTHONPATH=str(ROOT)),
+                          input=stdin, capture_output=True, timeout=120)
 
 
 @pytest.fixture
 def predict_here(tmp_path, monkeypatch, capsysbinary):
-    """predict.main() in this process, run in tmp_path: the same exit codes and streams, without a child's start-up."""
+    """cli.main() in this process, run in tmp_path: the exit code the console script would exit with (argparse's
+    SystemExit included) and the streams; an uncaught exception fails the test outright."""
     monkeypatch.chdir(tmp_path)
 
     def call(args: list[str], bundle=None) -> subprocess.CompletedProcess:
-        code = predict.main([*args, *_model_args(bundle)])
+        try:
+            code = cli.main([*args, *_model_args(bundle)])
+        except SystemExit as stop:  # --help, and argparse's usage errors
+            code = stop.code
         out, err = capsysbinary.readouterr()
         return subprocess.CompletedProcess(args, code, out, err)
 
@@ -131,23 +148,23 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_fails_with_its_own_clear_error(case, songs, bundle, tmp_path):
+def test_bad_input_fails_with_its_own_clear_error(case, songs, bundle, tmp_path, predict_here):
     make, expected = BAD_INPUTS[case]
     (tmp_path / "songs.csv").write_bytes(make(songs))
-    result = _predict(["songs.csv", "-o", "out.csv"], tmp_path, bundle)
+    result = predict_here(["songs.csv", "-o", "out.csv"], bundle)
     _assert_clean_failure(result, 3, tmp_path, "songs.csv", *expected)
 
 
 def test_torch_is_not_imported_for_bad_input(songs, bundle, tmp_path):
     (tmp_path / "songs.csv").write_bytes(_csv(songs.drop(columns="energy")))
-    probe = ("import sys; from stages.predict import main; code = main(sys.argv[1:]); "
+    probe = ("import sys; from spotify_genre.cli import main; code = main(sys.argv[1:]); "
              "print('torch' in sys.modules); sys.exit(code)")
-    result = _predict(["songs.csv"], tmp_path, bundle, command=[sys.executable, "-c", probe])
-    assert result.returncode == 3
+    result = _predict([sys.executable, "-c", probe], ["songs.csv"], tmp_path, bundle)
+    assert result.returncode == 3, result.stderr.decode()
     assert result.stdout.decode().strip() == "False"
     (tmp_path / "songs.csv").write_bytes(_csv(songs))
-    result = _predict(["songs.csv", "-o", "out.csv"], tmp_path, bundle, command=[sys.executable, "-c", probe])
-    assert result.returncode == 0
+    result = _predict([sys.executable, "-c", probe], ["songs.csv", "-o", "out.csv"], tmp_path, bundle)
+    assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode().strip() == "True"
 
 
@@ -173,14 +190,14 @@ def test_bad_data_corpus(name, bundle, tmp_path, predict_here):
         _assert_clean_failure(result, 3, tmp_path, f"error: {BAD_CORPUS / name}: ")
 
 
-def test_ten_megabytes_of_random_bytes(bundle, tmp_path):
+def test_ten_megabytes_of_random_bytes(bundle, tmp_path, predict_here):
     (tmp_path / "noise.csv").write_bytes(np.random.default_rng(0).bytes(10 * 2**20))
-    result = _predict(["noise.csv", "-o", "out.csv"], tmp_path, bundle)
+    result = predict_here(["noise.csv", "-o", "out.csv"], bundle)
     _assert_clean_failure(result, 3, tmp_path, "noise.csv")
 
 
-def test_missing_input_file(bundle, tmp_path):
-    _assert_clean_failure(_predict(["absent.csv", "-o", "out.csv"], tmp_path, bundle), 3, tmp_path,
+def test_missing_input_file(bundle, tmp_path, predict_here):
+    _assert_clean_failure(predict_here(["absent.csv", "-o", "out.csv"], bundle), 3, tmp_path,
                           "absent.csv: no such file")
 
 
@@ -188,9 +205,9 @@ def _table(output: bytes) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(output), dtype=str, keep_default_na=False)
 
 
-def test_predictions_have_id_genre_and_one_probability_per_genre(songs, bundle, tmp_path):
+def test_predictions_have_id_genre_and_one_probability_per_genre(songs, bundle, tmp_path, predict_here):
     (tmp_path / "songs.csv").write_bytes(_csv(songs))
-    result = _predict(["songs.csv", "-o", "out.csv"], tmp_path, bundle)
+    result = predict_here(["songs.csv", "-o", "out.csv"], bundle)
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout == b"" and result.stderr == b""
     table = pd.read_csv(tmp_path / "out.csv")
@@ -202,12 +219,12 @@ def test_predictions_have_id_genre_and_one_probability_per_genre(songs, bundle, 
     assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".out.csv.")]
 
 
-def test_stdin_to_stdout_through_the_console_script(songs, bundle, tmp_path):
+def test_stdin_to_stdout_through_the_console_script(songs, bundle, tmp_path, predict_here):
+    """The one run of the installed console script: real pipes in and out, the same bytes as a file gets."""
     (tmp_path / "songs.csv").write_bytes(_csv(songs))
-    to_file = _predict(["songs.csv", "-o", "out.csv"], tmp_path, bundle)
+    to_file = predict_here(["songs.csv", "-o", "out.csv"], bundle)
     assert to_file.returncode == 0, to_file.stderr.decode()
-    piped = _predict(["predict", "-", "-o", "-"], tmp_path, bundle, stdin=_csv(songs),
-                     command=[str(BIN / "spotify-genre")])
+    piped = _predict([str(BIN / "spotify-genre")], ["predict", "-", "-o", "-"], tmp_path, bundle, stdin=_csv(songs))
     assert piped.returncode == 0, piped.stderr.decode()
     assert piped.stdout == (tmp_path / "out.csv").read_bytes()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.csv", "songs.csv"]
@@ -259,7 +276,7 @@ def test_rows_are_numbered_without_track_id_and_only_needed_columns_are_required
 
 
 def test_the_predictions_table_rounds_to_six_decimals_and_orders_the_top_k():
-    from stages.predictions import prediction_table, predictions_csv
+    from spotify_genre.predictions import prediction_table, predictions_csv
 
     probabilities = np.random.default_rng(0).dirichlet(np.ones(len(GENRES)), size=50)
     probabilities[0] = [1e-9, 0.5 - 1e-9, 0.25, 0.125, 0.0625, 0.0625]
@@ -270,14 +287,14 @@ def test_the_predictions_table_rounds_to_six_decimals_and_orders_the_top_k():
 
 
 def test_required_columns_include_the_text_fields_the_preprocessor_scores():
-    assert predict.required_columns(["energy"], ("track_name", "track_album_name")) == \
+    assert cli.required_columns(["energy"], ("track_name", "track_album_name")) == \
         ("energy", "track_name", "track_album_name")
 
 
 def test_required_columns_follow_the_preprocessor_features():
-    assert predict.required_columns(["energy", "key"]) == ("energy", "key")
-    assert predict.required_columns(["release_year", "tempo"]) == (RELEASE_DATE, "tempo")
-    assert predict.required_columns(list(INPUT_COLUMNS)) == INPUT_COLUMNS
+    assert cli.required_columns(["energy", "key"]) == ("energy", "key")
+    assert cli.required_columns(["release_year", "tempo"]) == (RELEASE_DATE, "tempo")
+    assert cli.required_columns(list(INPUT_COLUMNS)) == INPUT_COLUMNS
 
 
 def test_top_k(songs, bundle, tmp_path, predict_here):
@@ -299,21 +316,23 @@ def test_top_k(songs, bundle, tmp_path, predict_here):
 
 @pytest.mark.parametrize("k, message", [("7", "--top-k 7: the model knows 6 genres"), ("0", "expected 1 or more"),
                                         ("two", "expected a whole number")])
-def test_top_k_out_of_range_is_a_usage_error(k, message, songs, bundle, tmp_path):
+def test_top_k_out_of_range_is_a_usage_error(k, message, songs, bundle, tmp_path, predict_here):
     (tmp_path / "songs.csv").write_bytes(_csv(songs))
-    result = _predict(["songs.csv", "--top-k", k, "-o", "out.csv"], tmp_path, bundle)
+    result = predict_here(["songs.csv", "--top-k", k, "-o", "out.csv"], bundle)
     assert result.returncode == 2
     assert message in result.stderr.decode() and "Traceback" not in result.stderr.decode()
-    assert not (tmp_path / "out.csv").exists()
+    assert result.stdout == b"" and not (tmp_path / "out.csv").exists()
 
 
-def test_help_documents_the_exit_codes(tmp_path):
-    result = _predict(["--help"], tmp_path)
+def test_help_documents_the_exit_codes(predict_here):
+    result = predict_here(["--help"])
     assert result.returncode == 0
     assert "predict" in result.stdout.decode()
-    result = _predict(["predict", "--help"], tmp_path)
+    result = predict_here(["predict", "--help"])
     assert result.returncode == 0
-    assert "exit codes:" in result.stdout.decode() and "--skip-invalid" in result.stdout.decode()
+    usage = result.stdout.decode()
+    assert "exit codes:" in usage and "--skip-invalid" in usage
+    assert "\n  5  " in usage and "\n  6  the preprocessor is not the one the model was trained with" in usage
 
 
 class _Payload:
@@ -327,7 +346,7 @@ class _Payload:
 
 
 @pytest.mark.parametrize("how", ["torch.save", "pickle.dump"])
-def test_pickled_object_in_place_of_the_bundle_is_refused_unrun(how, songs, bundle, tmp_path):
+def test_pickled_object_in_place_of_the_bundle_is_refused_unrun(how, songs, bundle, tmp_path, predict_here):
     import torch
 
     proof = tmp_path / "unpickling-runs-code"
@@ -341,7 +360,7 @@ def test_pickled_object_in_place_of_the_bundle_is_refused_unrun(how, songs, bund
     else:
         evil.write_bytes(pickle.dumps(_Payload(marker)))
     (tmp_path / "songs.csv").write_bytes(_csv(songs))
-    result = _predict(["songs.csv", "-o", "out.csv"], tmp_path, (evil, bundle[1]))
+    result = predict_here(["songs.csv", "-o", "out.csv"], (evil, bundle[1]))
     _assert_clean_failure(result, 5, tmp_path, "model.pt", "refused")
     assert not marker.exists()
 
@@ -357,15 +376,69 @@ def test_bundle_of_another_format_is_refused(songs, bundle, tmp_path, predict_he
 
 
 def test_bundle_and_preprocessor_that_disagree_are_refused(songs, bundle, tmp_path, predict_here):
+    # Bundles that record the given preprocessor's sha256, yet were built for other features or classes: the
+    # checks behind the sha256's hold too.
     candidates = load_params(ROOT / "params.yaml").select.candidates
-    fewer, _ = _save_bundle(tmp_path / "fewer", [name for name in candidates if name != "liveness"])
-    reordered, _ = _save_bundle(tmp_path / "reordered", candidates, class_names=tuple(reversed(GENRES)))
+    fewer, _ = _save_bundle(tmp_path / "fewer", [name for name in candidates if name != "liveness"],
+                            recorded=bundle[1])
+    reordered, _ = _save_bundle(tmp_path / "reordered", candidates, class_names=tuple(reversed(GENRES)),
+                                recorded=bundle[1])
     (tmp_path / "songs.csv").write_bytes(_csv(songs))
 
     features = predict_here(["songs.csv", "-o", "out.csv"], (fewer, bundle[1]))
     _assert_clean_failure(features, 5, tmp_path, "features do not match", "liveness")
     classes = predict_here(["songs.csv", "-o", "out.csv"], (reordered, bundle[1]))
     _assert_clean_failure(classes, 5, tmp_path, "classes do not match")
+
+
+def edited_copy(source: Path, dest: Path) -> Path:
+    """The preprocessor at `source` with one number changed (a numeric feature's center), saved again."""
+    pre = load_preprocessor(source)
+    first = next(i for i, column in enumerate(pre.columns) if isinstance(column, NumericColumn))
+    columns = list(pre.columns)
+    columns[first] = dataclasses.replace(columns[first], center=columns[first].center + 0.5)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_preprocessor(dest, dataclasses.replace(pre, columns=tuple(columns)))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def other_preprocessors(bundle, tmp_path_factory) -> dict[str, Path]:
+    """Preprocessors with the bundle's features and classes that are not the one it was trained with, and a
+    byte-identical copy of that one saved elsewhere."""
+    folder = tmp_path_factory.mktemp("other-preprocessors")
+    candidates = load_params(ROOT / "params.yaml").select.candidates
+    _, refitted = _save_bundle(folder / "refitted", candidates, songs_seed=1)
+    copy = folder / "copy" / "preprocessor.json"
+    copy.parent.mkdir()
+    save_preprocessor(copy, load_preprocessor(bundle[1]))
+    return {"refitted": refitted, "edited": edited_copy(bundle[1], folder / "edited" / "preprocessor.json"),
+            "copy": copy}
+
+
+@pytest.mark.parametrize("which", ["refitted", "edited"])
+def test_a_preprocessor_other_than_the_one_the_bundle_records_is_refused(which, other_preprocessors, songs, bundle,
+                                                                         tmp_path, predict_here):
+    other = other_preprocessors[which]
+    given, trained_with = load_preprocessor(other), load_preprocessor(bundle[1])
+    # Nothing but the sha256 tells them apart: the same inputs, outputs and classes, other statistics.
+    assert (given.input_features, given.output_features, given.classes) == \
+        (trained_with.input_features, trained_with.output_features, trained_with.classes)
+    assert given.columns != trained_with.columns
+    (tmp_path / "songs.csv").write_bytes(_csv(songs))
+    result = predict_here(["songs.csv", "-o", "out.csv"], (bundle[0], other))
+    line = _assert_clean_failure(result, 6, tmp_path, f"error: {bundle[0]}: ", "preprocessor",
+                                 sha256_of(bundle[1])[:12], sha256_of(other)[:12])
+    assert str(bundle[1]) in line  # the preprocessor the bundle was trained with, to pass instead
+
+
+def test_the_same_preprocessor_bytes_anywhere_are_accepted(other_preprocessors, songs, bundle, predict_here):
+    copy = other_preprocessors["copy"]
+    assert copy != bundle[1] and copy.read_bytes() == bundle[1].read_bytes()
+    (Path.cwd() / "songs.csv").write_bytes(_csv(songs))
+    original, moved = predict_here(["songs.csv"], bundle), predict_here(["songs.csv"], (bundle[0], copy))
+    assert original.returncode == moved.returncode == 0, moved.stderr.decode()
+    assert moved.stdout == original.stdout and moved.stdout.count(b"\n") == len(songs) + 1
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -389,20 +462,20 @@ def test_missing_bundle_is_refused_before_reading_songs(bundle, tmp_path, predic
     _assert_clean_failure(result, 5, tmp_path, "model.pt", "--model")
 
 
-def test_unwritable_output(songs, bundle, tmp_path):
+def test_unwritable_output(songs, bundle, tmp_path, predict_here):
     (tmp_path / "songs.csv").write_bytes(_csv(songs))
     (tmp_path / "taken").mkdir()
-    result = _predict(["songs.csv", "-o", "taken"], tmp_path, bundle)
+    result = predict_here(["songs.csv", "-o", "taken"], bundle)
     assert result.returncode == 1
-    assert result.stderr.decode().startswith("error: taken: cannot write the predictions")
+    stderr = result.stderr.decode()
+    assert stderr.startswith("error: taken: cannot write the predictions") and stderr.count("\n") == 1, stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["songs.csv", "taken"]
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> Path:
-    """The whole pipeline, run once by the real `dvc repro` on synthetic data."""
-    project = make_project(tmp_path_factory.mktemp("predict-e2e") / "project", SYNTHETIC_OVERRIDES)
-    run(["dvc", "repro"], project)
+def pipeline(synthetic_pipeline) -> Path:
+    """The whole pipeline, run once by the real `dvc repro` on synthetic data (shared by the session; read only)."""
+    project = synthetic_pipeline
     return project
 
 
@@ -419,11 +492,11 @@ def test_predictions_on_the_test_split_equal_the_evaluate_stage(pipeline):
 
 @pytest.mark.e2e
 def test_model_inputs_equal_the_processed_test_split(pipeline):
-    from stages.processed import read_processed
+    from stages.artifacts import read_processed
 
     pre = load_preprocessor(pipeline / "models" / "preprocessor.json")
     data = pd.read_parquet(pipeline / "data" / "split" / "test.parquet").to_csv(index=False).encode()
-    songs, problems = predict.read_input(data, "test.csv", predict.required_columns(pre.input_features,
+    songs, problems = cli.read_input(data, "test.csv", cli.required_columns(pre.input_features,
                                                                                     pre.text_fields))
     assert problems.empty
     processed = read_processed(pipeline / "data" / "processed" / "test.parquet")

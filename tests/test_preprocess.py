@@ -17,22 +17,15 @@ import yaml
 from sklearn.feature_selection import f_classif
 from sklearn.preprocessing import RobustScaler, StandardScaler
 
+from spotify_genre.errors import BundleError, DataError, ParamsError
+from spotify_genre.features import CANDIDATE_FEATURES, candidate_features
+from spotify_genre.preprocessor import FORMAT_VERSION, NumericColumn, Preprocessor, load_preprocessor, save_preprocessor
+from spotify_genre.schema import GENRES, LABEL, PLAYLIST_FIELDS, RELEASE_DATE, TRACK_ID, read_songs, validate_songs
+from spotify_genre.synthetic import synthetic_songs
 from stages import preprocess, select, split
-from stages.errors import BundleError, DataError, ParamsError
-from stages.features import CANDIDATE_FEATURES, candidate_features
+from stages.artifacts import SPLITS, read_processed
 from stages.params import PreprocessParams, TextParams, load_params
-from stages.preprocessing import (
-    FORMAT_VERSION,
-    NumericColumn,
-    Preprocessor,
-    encode_labels,
-    fit_preprocessor,
-    load_preprocessor,
-    save_preprocessor,
-)
-from stages.processed import SPLITS, read_processed
-from stages.schema import GENRES, LABEL, PLAYLIST_FIELDS, RELEASE_DATE, TRACK_ID, read_songs, validate_songs
-from stages.synthetic import synthetic_songs
+from stages.preprocessor_fit import encode_labels, fit_preprocessor
 from tests.conftest import ROOT, make_project, needs_real_data, real_zip, run, write_params
 
 SHA = "ab" * 32
@@ -219,6 +212,8 @@ def test_json_round_trip(tmp_path, fitted, splits):
     assert data["output_features"] == list(fitted.output_features)
     loaded = load_preprocessor(path)
     assert loaded == fitted
+    # What the model bundle records and load_bundle checks: the sha256 of the JSON's bytes.
+    assert fitted.sha256 is None and loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     features = candidate_features(splits["test"], list(CANDIDATE_FEATURES))
     np.testing.assert_array_equal(loaded.transform(features), fitted.transform(features))
     assert sorted(p.name for p in path.parent.iterdir()) == ["preprocessor.json", "preprocessor.npz"], \
@@ -240,6 +235,10 @@ def _tamper(data: dict, change: str) -> None:
         data["numeric"]["tempo"]["log1p"] = "yes"
     elif change == "categories":
         data["categorical"]["key"]["categories"] = [0, 1.5]
+    elif change == "categories repeated":
+        data["categorical"]["key"]["categories"] = [0, 0, 1]
+    elif change == "no categories":
+        data["categorical"]["key"]["categories"] = []
     elif change == "encoding":
         data["categorical"]["key"]["encoding"] = "hash"
     elif change == "classes":
@@ -252,40 +251,45 @@ def _tamper(data: dict, change: str) -> None:
         data["data_sha256"] = "not a hash"
 
 
-@pytest.mark.parametrize("change, message", [
-    ("version", "format_version is 2; this code reads version 1"),
-    ("missing key", "has no 'numeric'"),
-    ("extra key", "unknown key 'pickle'"),
-    ("scale as text", "numeric.tempo.scale must be a finite number"),
-    ("zero scale", "numeric.tempo.scale must be positive"),
-    ("log1p as text", "numeric.tempo.log1p must be true or false"),
-    ("categories", "categorical.key.categories must be a non-empty list of distinct integers"),
-    ("encoding", "categorical.key.encoding is 'hash'"),
-    ("classes", "classes are"),
-    ("outputs", "output_features do not match"),
-    ("playlist input", "'playlist_name' is not a candidate feature"),
-    ("hash", "data_sha256 must be 64"),
+# Each refusal is one line: the file, then the dotted key that is wrong, then what was expected (and what was found).
+@pytest.mark.parametrize("change, expected", [
+    ("version", r"format_version: .*1 \(got 2\)$"),
+    ("missing key", r"numeric: missing key$"),
+    ("extra key", r"pickle: unknown key$"),
+    ("scale as text", r"numeric\.tempo\.scale: .*number \(got '1\.0'\)$"),
+    ("zero scale", r"numeric\.tempo\.scale: .*greater than 0 \(got 0\)$"),
+    ("log1p as text", r"numeric\.tempo\.log1p: .*boolean \(got 'yes'\)$"),
+    ("categories", r"categorical\.key\.categories\.1: .*integer \(got 1\.5\)$"),
+    ("categories repeated", r"categorical\.key: categories must be distinct integers, in order$"),
+    ("no categories", r"categorical\.key\.categories: .*at least 1"),
+    ("encoding", r"categorical\.key\.encoding: .*'onehot' or 'ordinal' \(got 'hash'\)$"),
+    ("classes", r"\(top level\): classes are \[.*\]; expected \['edm', "),
+    ("outputs", r"output_features do not match the features and categories described$"),
+    ("playlist input", r"input_features\.\d+: .*\(got 'playlist_name'\)$"),
+    ("hash", r"data_sha256: .*\(got 'not a hash'\)$"),
 ])
-def test_tampered_json_is_refused_clearly(tmp_path, fitted, change, message):
+def test_tampered_json_is_refused_clearly(tmp_path, fitted, change, expected):
     data = copy.deepcopy(fitted.to_dict())
     _tamper(data, change)
     path = tmp_path / "preprocessor.json"
     path.write_text(json.dumps(data))
     with pytest.raises(BundleError) as error:
         load_preprocessor(path)
-    assert str(error.value).startswith(f"{path}: not a valid preprocessor: ")
-    assert message in str(error.value)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: not a valid preprocessor: ")
+    assert re.match(expected, message.removeprefix(f"{path}: not a valid preprocessor: ")), message
 
 
-@pytest.mark.parametrize("text, message", [
-    ('{"format_version": 1,', "not valid JSON (line 1"),
-    ('{"format_version": NaN}', "NaN is not a number JSON allows"),
-    ("[1, 2]", "must be a JSON object"),
+@pytest.mark.parametrize("text, expected", [
+    ('{"format_version": 1,', r"not valid JSON \(line 1"),
+    ('{"format_version": NaN}', r"NaN is not a number JSON allows"),
+    ("[1, 2]", r"not a valid preprocessor: \(top level\): .*dictionary"),
 ])
-def test_malformed_json_is_refused_clearly(tmp_path, text, message):
+def test_malformed_json_is_refused_clearly(tmp_path, text, expected):
     path = tmp_path / "preprocessor.json"
     path.write_text(text)
-    with pytest.raises(BundleError, match=re.escape(message)):
+    with pytest.raises(BundleError, match=rf"^{re.escape(str(path))}: {expected}[^\n]*$"):
         load_preprocessor(path)
 
 

@@ -17,13 +17,11 @@ from typing import Callable
 import pytest
 import yaml
 
-from tests.conftest import SYNTHETIC_OVERRIDES, make_project, run, tool_env
+from tests.conftest import copy_project, run, tool_env
 from tests.s3server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, CutoffRelay, S3Server
 
 pytestmark = pytest.mark.e2e
 
-# Sharing does not depend on the model's quality: as little training as the pipeline allows.
-OVERRIDES = {**SYNTHETIC_OVERRIDES, "train.max_epochs": 2, "baselines.models": ["majority"]}
 REMOTE = "team"
 # Loopback only, and nothing from the machine's own AWS set-up (botocore skips config files that do not exist).
 # One attempt per request in botocore (s3fs still retries): failed transfers fail in seconds, not a minute.
@@ -38,13 +36,10 @@ def dvc(repo: Path, *args: str, check: bool = True):
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> Path:
-    """The pipeline run once on synthetic data, every result committed; its outputs are in its cache."""
-    repo = make_project(tmp_path_factory.mktemp("remote") / "pipeline", OVERRIDES)
-    dvc(repo, "repro")
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "results"], repo)
-    return repo
+def pipeline(synthetic_pipeline, tmp_path_factory) -> Path:
+    """The pipeline run once on synthetic data, every result committed; its outputs are in its cache (a copy of
+    the session's run)."""
+    return copy_project(synthetic_pipeline, tmp_path_factory.mktemp("remote") / "pipeline")
 
 
 @pytest.fixture(scope="module")

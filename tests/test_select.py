@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -14,12 +12,12 @@ import yaml
 from sklearn.feature_selection import f_classif
 
 from stages import select
-from stages.errors import ParamsError
-from stages.features import CANDIDATE_FEATURES, candidate_features
+from spotify_genre.errors import ParamsError
+from spotify_genre.features import CANDIDATE_FEATURES, candidate_features
 from stages.params import SelectParams
-from stages.schema import LABEL, PLAYLIST_FIELDS, RELEASE_DATE
-from stages.synthetic import synthetic_songs
-from tests.conftest import ROOT, tool_env
+from spotify_genre.schema import LABEL, PLAYLIST_FIELDS, RELEASE_DATE
+from spotify_genre.synthetic import synthetic_songs
+from tests.conftest import ROOT
 
 ALL = SelectParams(candidates=list(CANDIDATE_FEATURES), k=None, max_p_value=1.0, min_eta_squared=0.0)
 
@@ -128,14 +126,14 @@ def test_stage_reads_only_the_training_split_and_is_deterministic(stage_dir, tra
 
 
 @pytest.mark.parametrize("field", PLAYLIST_FIELDS)
-def test_playlist_field_as_candidate_is_refused(tmp_path, field):
+def test_playlist_field_as_candidate_is_refused(tmp_path, monkeypatch, capsys, field):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["select"]["candidates"].append(field)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = subprocess.run([sys.executable, "-m", "stages.select"], cwd=tmp_path, capture_output=True, text=True,
-                            env=tool_env(PYTHONPATH=str(ROOT)), timeout=120)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("error: params.yaml: select.candidates:")
-    assert repr(field) in result.stderr and "playlist field" in result.stderr
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    monkeypatch.chdir(tmp_path)
+    assert select.main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: params.yaml: select.candidates:")
+    assert repr(field) in err and "playlist field" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "reports").exists()

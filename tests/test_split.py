@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from stages import split
-from stages.errors import DataError
+from spotify_genre.errors import DataError
 from stages.params import SplitParams
-from stages.schema import COLUMN_NAMES, GENRES, LABEL, RELEASE_DATE, TRACK_ID
-from stages.synthetic import synthetic_songs
+from spotify_genre.schema import COLUMN_NAMES, GENRES, LABEL, RELEASE_DATE, TRACK_ID
+from spotify_genre.synthetic import synthetic_songs
 from tests.conftest import ROOT
 
 PARAMS = SplitParams(val_size=0.15, test_size=0.15, seed=42, missing="drop", group_by="track_id")

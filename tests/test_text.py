@@ -1,10 +1,12 @@
-"""Text genre scores (stages/text.py) and their place in the preprocessor: hashed n-grams, naive Bayes equal to
-scikit-learn's, out-of-fold training scores, chunking, the .npz beside the JSON, and model_inputs for predict."""
+"""Text genre scores (fitted by stages/preprocessor_fit.py, applied by spotify_genre/text_scores.py) and their place
+in the preprocessor: hashed n-grams, naive Bayes equal to scikit-learn's, out-of-fold training scores, chunking, the
+.npz beside the JSON, and model_inputs for predict."""
 
 from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -12,16 +14,16 @@ import pytest
 from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.naive_bayes import MultinomialNB
 
-from stages import text
-from stages.errors import BundleError, DataError, ParamsError
-from stages.features import CANDIDATE_FEATURES
+from spotify_genre import text_scores as text
+from spotify_genre.errors import BundleError, DataError, ParamsError
+from spotify_genre.features import CANDIDATE_FEATURES, TEXT_FIELDS
+from spotify_genre.preprocessor import arrays_path, load_preprocessor, model_inputs, save_preprocessor
+from spotify_genre.schema import GENRES, LABEL, TRACK_ID
+from spotify_genre.synthetic import synthetic_songs
 from stages.groups import group_keys
 from stages.params import TextParams, load_params, parse_params
-from stages.preprocessing import (arrays_path, encode_labels, fit_model_inputs, load_preprocessor, model_inputs,
-                                  save_preprocessor)
-from stages.schema import GENRES, LABEL, TRACK_ID
+from stages.preprocessor_fit import encode_labels, fit_model_inputs, fit_text_scorer, fold_of
 from stages.split import split_songs
-from stages.synthetic import synthetic_songs
 from tests.conftest import ROOT, default_params, with_overrides
 
 SHA = "cd" * 32
@@ -80,7 +82,7 @@ def test_ngrams_never_run_from_one_text_into_the_next():
 def test_scores_of_new_songs_equal_scikit_learn(splits):
     train, val = splits["train"], splits["val"]
     labels = encode_labels(train[LABEL])
-    scorer, _ = text.fit_text_scorer(train["track_name"], labels, train[TRACK_ID], "track_name", PARAMS)
+    scorer, _ = fit_text_scorer(train["track_name"], labels, train[TRACK_ID], "track_name", PARAMS)
 
     def counts(songs):
         counted = text.ngram_counts(songs["track_name"], PARAMS.buckets, PARAMS.ngram_min, PARAMS.ngram_max)
@@ -97,10 +99,10 @@ def test_scores_of_new_songs_equal_scikit_learn(splits):
 def test_a_training_row_is_scored_without_its_own_label(splits):
     train = splits["train"]
     labels = encode_labels(train[LABEL])
-    fold = text.fold_of(train[TRACK_ID], PARAMS.folds)
+    fold = fold_of(train[TRACK_ID], PARAMS.folds)
 
     def probabilities(labels: np.ndarray) -> np.ndarray:
-        scorer, scores = text.fit_text_scorer(train["track_name"], labels, train[TRACK_ID], "track_name", PARAMS)
+        scorer, scores = fit_text_scorer(train["track_name"], labels, train[TRACK_ID], "track_name", PARAMS)
         return scores * np.array(scorer.scale) + np.array(scorer.center)  # before standardising
 
     scores = probabilities(labels)
@@ -113,19 +115,19 @@ def test_a_training_row_is_scored_without_its_own_label(splits):
 
 def test_folds_keep_groups_whole_and_are_fixed():
     groups = pd.Series([f"artist {i % 40}" for i in range(1000)])
-    fold = text.fold_of(groups, 5)
+    fold = fold_of(groups, 5)
     assert pd.Series(fold).groupby(groups).nunique().max() == 1
     assert set(fold) == set(range(5))
-    np.testing.assert_array_equal(fold, text.fold_of(groups.copy(), 5))
+    np.testing.assert_array_equal(fold, fold_of(groups.copy(), 5))
 
 
 def test_chunks_change_nothing(splits, monkeypatch):
     train, test = splits["train"], splits["test"]
     labels = encode_labels(train[LABEL])
-    whole, whole_scores = text.fit_text_scorer(train["track_name"], labels, train[TRACK_ID], "track_name", PARAMS)
+    whole, whole_scores = fit_text_scorer(train["track_name"], labels, train[TRACK_ID], "track_name", PARAMS)
     monkeypatch.setattr(text, "CHUNK_ROWS", 97)
-    chunked, chunked_scores = text.fit_text_scorer(train["track_name"], labels, train[TRACK_ID], "track_name",
-                                                   PARAMS)
+    assert len(text.row_chunks(len(train))) > 1, "the patched chunk size should split the training rows"
+    chunked, chunked_scores = fit_text_scorer(train["track_name"], labels, train[TRACK_ID], "track_name", PARAMS)
     # Sums taken chunk by chunk round differently in the last bits, nothing more.
     np.testing.assert_array_equal(chunked.idf, whole.idf)
     np.testing.assert_allclose(chunked.log_likelihood, whole.log_likelihood, rtol=1e-6)
@@ -137,8 +139,8 @@ def test_chunks_change_nothing(splits, monkeypatch):
 def test_synthetic_names_that_say_nothing_give_finite_uninformative_scores():
     songs = synthetic_songs(2000, seed=2)
     labels = encode_labels(songs[LABEL])
-    scorer, scores = text.fit_text_scorer(songs["track_album_name"], labels, songs[TRACK_ID], "track_album_name",
-                                          PARAMS)
+    scorer, scores = fit_text_scorer(songs["track_album_name"], labels, songs[TRACK_ID], "track_album_name",
+                                     PARAMS)
     new = scorer.transform(synthetic_songs(500, seed=3)["track_album_name"])
     assert np.isfinite(scores).all() and np.isfinite(new).all()
     np.testing.assert_allclose(scores.mean(axis=0), 0.0, atol=1e-9)
@@ -249,17 +251,25 @@ def test_a_bad_npz_is_refused_without_running_anything(saved, damage, message):
         load_preprocessor(saved)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda text: text["fields"].update(playlist_name=text["fields"]["track_name"]), "'playlist_name' is not one of"),
-    (lambda text: text["fields"]["track_name"].update(scale=[0.0] * 6), "text.track_name.scale must be positive"),
-    (lambda text: text.update(arrays="../elsewhere.npz"), "text.arrays must be '.npz'"),
-    (lambda text: text.update(extra=1), "unknown key 'extra'"),
-])
-def test_a_tampered_text_section_is_refused(saved, change, message):
+@pytest.mark.parametrize("change, expected", [
+    (lambda text: text["fields"].update(playlist_name=text["fields"]["track_name"]),
+     r"text\.fields\.playlist_name\b.*: .*'track_name'.*\(got 'playlist_name'\)$"),
+    (lambda text: text["fields"]["track_name"].update(scale=[0.0] * 6),
+     r"text\.fields\.track_name\.scale\.0: .*greater than 0 \(got 0\.0\) \(and 5 more problems\)$"),
+    (lambda text: text["fields"]["track_name"].update(ngram_min=9),
+     r"text\.fields\.track_name: ngram_min exceeds ngram_max$"),
+    (lambda text: text["fields"]["track_name"]["center"].pop(), r"text\.fields\.track_name\.center: .*at least 6"),
+    (lambda text: text.update(arrays="../elsewhere.npz"), r"text\.arrays: .*'\.npz' \(got '\.\./elsewhere\.npz'\)$"),
+    (lambda text: text.update(arrays_sha256="0" * 63), r"text\.arrays_sha256: .*\(got '0{63}'\)$"),
+    (lambda text: text.update(fields={}), r"text\.fields: .*at least 1"),
+    (lambda text: text.update(extra=1), r"text\.extra: unknown key$"),
+], ids=["playlist field", "zero scale", "ngram range", "short center", "arrays elsewhere", "bad sha256", "no fields",
+        "unknown key"])
+def test_a_tampered_text_section_is_refused(saved, change, expected):
     data = json.loads(saved.read_text())
     change(data["text"])
     saved.write_text(json.dumps(data))
-    with pytest.raises(BundleError, match=message):
+    with pytest.raises(BundleError, match=rf"^{re.escape(str(saved))}: not a valid preprocessor: {expected}"):
         load_preprocessor(saved)
 
 
@@ -276,6 +286,6 @@ def test_text_fields_are_checked_naming_the_key(fields, message):
 
 
 def test_artist_is_opt_in():
-    assert "track_artist" in text.TEXT_FIELDS
+    assert "track_artist" in TEXT_FIELDS
     assert "track_artist" not in default_params()["preprocess"]["text"]["fields"]
     parse_params(with_overrides(default_params(), {"preprocess.text.fields": ["track_artist"]}))

@@ -21,19 +21,17 @@ small arrays per field (stored by the preprocessor in an .npz) and a few numbers
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
-from scipy.special import logsumexp
 
-from stages.params import TextParams
-from stages.schema import GENRES
+if TYPE_CHECKING:
+    from scipy import sparse
 
-TEXT_FIELDS = ("track_name", "track_album_name", "track_artist")
+from spotify_genre.schema import GENRES
+
 MAX_CHARS = 64
 CHUNK_ROWS = 50_000
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio: multiplying by it spreads a code point's bits
@@ -49,6 +47,8 @@ def _code_points(texts: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 def ngram_counts(texts: pd.Series, buckets: int, ngram_min: int, ngram_max: int) -> sparse.csr_matrix:
     """(rows, buckets) how often each text's character n-grams fall in each hash bucket."""
+    from scipy import sparse  # here, not at the top: the train stage loads a preprocessor but scores no text
+
     points, lengths = _code_points(texts)
     row_of = np.repeat(np.arange(len(lengths)), lengths)
     end_of = np.repeat(np.cumsum(lengths), lengths)  # where each position's text ends
@@ -71,37 +71,25 @@ def ngram_counts(texts: pd.Series, buckets: int, ngram_min: int, ngram_max: int)
     return counts
 
 
-def _weighted(counts: sparse.csr_matrix, idf: np.ndarray) -> sparse.csr_matrix:
+def weighted(counts: sparse.csr_matrix, idf: np.ndarray) -> sparse.csr_matrix:
     """log(1 + count) * idf, each row scaled to unit length (an all-zero row stays zero)."""
+    from scipy import sparse
+
     weights = counts.copy()
     weights.data = np.log1p(weights.data) * idf[weights.indices]
     norms = np.sqrt(np.asarray(weights.multiply(weights).sum(axis=1)).ravel())
     return sparse.csr_matrix(sparse.diags(1.0 / np.where(norms > 0.0, norms, 1.0)) @ weights)
 
 
-def _log_likelihood(class_sums: np.ndarray, alpha: float) -> np.ndarray:
-    smoothed = class_sums + alpha
-    return np.log(smoothed) - np.log(smoothed.sum(axis=1, keepdims=True))
+def posterior(weights: sparse.csr_matrix, log_likelihood: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
+    from scipy.special import logsumexp
 
-
-def _log_prior(class_rows: np.ndarray) -> np.ndarray:
-    """Class frequencies with one added to each, so a class absent from some folds keeps a finite score."""
-    return np.log((class_rows + 1.0) / (class_rows.sum() + len(class_rows)))
-
-
-def _posterior(weights: sparse.csr_matrix, log_likelihood: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
     joint = weights @ log_likelihood.T + log_prior
     return np.exp(joint - logsumexp(joint, axis=1, keepdims=True))
 
 
-def _chunks(rows: int) -> list[slice]:
+def row_chunks(rows: int) -> list[slice]:
     return [slice(start, min(start + CHUNK_ROWS, rows)) for start in range(0, rows, CHUNK_ROWS)]
-
-
-def fold_of(groups: pd.Series, folds: int) -> np.ndarray:
-    """Each row's fold in 0..folds-1, a fixed hash of its group: all rows of a group share a fold."""
-    hashed = pd.util.hash_pandas_object(groups.astype("str"), index=False).to_numpy()
-    return (hashed % np.uint64(folds)).astype(np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,9 +115,9 @@ class TextScorer:
         out = np.empty((len(texts), len(GENRES)))
         idf, table = self.idf.astype(np.float64), self.log_likelihood.astype(np.float64)
         prior = np.array(self.log_prior)
-        for part in _chunks(len(texts)):
+        for part in row_chunks(len(texts)):
             counts = ngram_counts(texts.iloc[part], self.buckets, self.ngram_min, self.ngram_max)
-            out[part] = _posterior(_weighted(counts, idf), table, prior)
+            out[part] = posterior(weighted(counts, idf), table, prior)
         return out
 
     def transform(self, texts: pd.Series) -> np.ndarray:
@@ -147,72 +135,3 @@ class TextScorer:
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, TextScorer) and self.to_dict() == other.to_dict() and self.field == other.field
                 and all(np.array_equal(a, b) for a, b in zip(self.arrays().values(), other.arrays().values())))
-
-
-def fit_text_scorer(texts: pd.Series, labels: np.ndarray, groups: pd.Series, field: str,
-                    params: TextParams) -> tuple[TextScorer, np.ndarray]:
-    """The field's scorer fitted on training rows, and those rows' standardised out-of-fold scores."""
-    rows, classes, buckets = len(texts), len(GENRES), params.buckets
-    chunks = _chunks(rows)
-
-    def counts(part: slice) -> sparse.csr_matrix:
-        return ngram_counts(texts.iloc[part], buckets, params.ngram_min, params.ngram_max)
-
-    document_frequency = sum(np.bincount(counts(part).indices, minlength=buckets) for part in chunks)
-    idf = (np.log((1.0 + rows) / (1.0 + document_frequency)) + 1.0).astype(np.float32)
-    fold = fold_of(groups, params.folds)
-    cell = fold * classes + labels  # each row's (fold, genre)
-    sums = np.zeros((params.folds * classes, buckets))
-    for part in chunks:
-        size = part.stop - part.start
-        member = sparse.csr_matrix((np.ones(size), (cell[part], np.arange(size))), shape=(len(sums), size))
-        sums += (member @ _weighted(counts(part), idf.astype(np.float64))).toarray()
-    sums = sums.reshape(params.folds, classes, buckets)
-    class_rows = np.bincount(cell, minlength=params.folds * classes).reshape(params.folds, classes)
-
-    others = [(_log_likelihood(sums.sum(axis=0) - sums[f], params.alpha),
-               _log_prior(class_rows.sum(axis=0) - class_rows[f])) for f in range(params.folds)]
-    scores = np.empty((rows, classes))
-    for part in chunks:
-        weights, in_fold = _weighted(counts(part), idf.astype(np.float64)), fold[part]
-        for f, (table, prior) in enumerate(others):
-            at = np.flatnonzero(in_fold == f)
-            scores[part.start + at] = _posterior(weights[at], table, prior)
-
-    center = scores.mean(axis=0)
-    scale = scores.std(axis=0)
-    scale = np.where(scale > 1e-12, scale, 1.0)
-    scorer = TextScorer(
-        field=field, buckets=buckets, ngram_min=params.ngram_min, ngram_max=params.ngram_max, idf=idf,
-        log_likelihood=_log_likelihood(sums.sum(axis=0), params.alpha).astype(np.float32),
-        log_prior=tuple(float(v) for v in _log_prior(class_rows.sum(axis=0))),
-        center=tuple(float(v) for v in center), scale=tuple(float(v) for v in scale))
-    return scorer, (scores - center) / scale
-
-
-def scorer_from_dict(field: str, data: Any, arrays: dict[str, np.ndarray]) -> TextScorer:
-    """Rebuild a scorer from to_dict()'s output and its arrays, refusing anything else with a ValueError."""
-    where = f"text.{field}"
-    keys = ("buckets", "ngram_min", "ngram_max", "log_prior", "center", "scale")
-    if not isinstance(data, dict) or set(data) != set(keys):
-        raise ValueError(f"{where} must be a mapping with exactly {', '.join(keys)}")
-    for key in ("buckets", "ngram_min", "ngram_max"):
-        if type(data[key]) is not int or data[key] < 1:
-            raise ValueError(f"{where}.{key} must be a positive integer, not {data[key]!r}")
-    if data["ngram_min"] > data["ngram_max"]:
-        raise ValueError(f"{where}: ngram_min exceeds ngram_max")
-    for key in ("log_prior", "center", "scale"):
-        values = data[key]
-        if (not isinstance(values, list) or len(values) != len(GENRES)
-                or not all(type(v) in (int, float) and math.isfinite(v) for v in values)):
-            raise ValueError(f"{where}.{key} must be {len(GENRES)} finite numbers")
-    if min(data["scale"]) <= 0.0:
-        raise ValueError(f"{where}.scale must be positive")
-    shapes = {f"{field}.idf": (data["buckets"],), f"{field}.log_likelihood": (len(GENRES), data["buckets"])}
-    for name, shape in shapes.items():
-        array = arrays.get(name)
-        if array is None or array.dtype != np.float32 or array.shape != shape or not np.isfinite(array).all():
-            raise ValueError(f"array {name!r} must be finite float32 of shape {shape}")
-    return TextScorer(field, data["buckets"], data["ngram_min"], data["ngram_max"], arrays[f"{field}.idf"],
-                      arrays[f"{field}.log_likelihood"], tuple(float(v) for v in data["log_prior"]),
-                      tuple(float(v) for v in data["center"]), tuple(float(v) for v in data["scale"]))

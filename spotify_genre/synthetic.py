@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import pandas as pd
 
-from stages.schema import COLUMN_NAMES, GENRES
+from spotify_genre.schema import COLUMN_NAMES, GENRES
 
 _ALPHABET = np.array(list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"))
 _UNIT_FEATURES = ("danceability", "energy", "speechiness", "acousticness", "instrumentalness", "liveness", "valence")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from stages.schema import AUDIO_FEATURES, RELEASE_DATE
+from spotify_genre.schema import AUDIO_FEATURES, RELEASE_DATE
 
 DERIVED_FEATURES = ("release_year", "release_month", "release_date_precision")
 CANDIDATE_FEATURES = (*AUDIO_FEATURES, "track_popularity", *DERIVED_FEATURES)
 CATEGORICAL_FEATURES = ("key", "mode", "release_date_precision")
 # release_date_precision: how much of the date Spotify knows, 0 = year, 1 = year and month, 2 = full date.
+# The text columns that can be turned into genre scores (text_scores.py); playlist fields never can.
+TEXT_FIELDS = ("track_name", "track_album_name", "track_artist")
 
 
 def release_date_parts(dates: pd.Series) -> pd.DataFrame:

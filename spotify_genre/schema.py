@@ -11,7 +11,7 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
-from stages.errors import DataError
+from spotify_genre.errors import DataError
 
 GENRES = ("edm", "latin", "pop", "r&b", "rap", "rock")
 LABEL = "playlist_genre"
@@ -19,8 +19,6 @@ TRACK_ID = "track_id"
 RELEASE_DATE = "track_album_release_date"
 PLAYLIST_FIELDS = ("playlist_name", "playlist_id", "playlist_subgenre")
 RELEASE_DATE_PATTERN = r"^\d{4}(-\d{2}(-\d{2})?)?$"
-# Where the split stage writes the three splits of validated songs, every raw column kept.
-SPLIT_DIR = Path("data/split")
 
 
 @dataclass(frozen=True)
@@ -130,21 +128,54 @@ def read_songs(source: str | IO[bytes], where: str, *, required: tuple[str, ...]
     return frame
 
 
-def _read_as_text_and_locate(data: bytes, kept: list[str], where: str) -> pd.DataFrame:
-    """Slow path, taken only when a numeric cell does not parse: find and name the first bad cell."""
-    raw = pd.read_csv(io.BytesIO(data), encoding="utf-8", usecols=kept, dtype=str, keep_default_na=False)
-    header_rows = (raw[kept] == pd.Series(kept, index=kept)).all(axis=1)
-    if header_rows.any():
-        raise DataError(f"{where}: line {int(np.flatnonzero(header_rows)[0]) + 2} repeats the header inside the data")
-    for name in kept:
-        if not BY_NAME[name].numeric:
+def read_as_text(data: bytes) -> pd.DataFrame | None:
+    """Every cell of a songs CSV as a string ("" where empty), or None where the CSV does not parse at all."""
+    try:
+        return pd.read_csv(io.BytesIO(data), encoding="utf-8", dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError):
+        return None
+
+
+def repeated_header(raw: pd.DataFrame) -> int | None:
+    """The 0-based row of read_as_text's frame that repeats the header (two files glued together), if any."""
+    known = [name for name in raw.columns if name in BY_NAME]
+    repeats = (raw[known] == pd.Series(known, index=known)).all(axis=1).to_numpy()
+    return int(np.flatnonzero(repeats)[0]) if repeats.any() else None
+
+
+def unparsable_cells(raw: pd.DataFrame) -> pd.DataFrame:
+    """Every cell of a numeric schema column in read_as_text's frame that is not a number, as (row, column,
+    value, reason), in column order then row order."""
+    found = []
+    for name in raw.columns:
+        column = BY_NAME.get(name)
+        if column is None or not column.numeric:
             continue
         cells = raw[name].str.strip()
-        parsed = pd.to_numeric(cells.where(cells != ""), errors="coerce")
-        bad = parsed.isna() & (cells != "")
+        bad = (pd.to_numeric(cells.where(cells != ""), errors="coerce").isna() & (cells != "")).to_numpy()
         if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(f"{where}: line {row + 2}, column {name!r}: {cells.iloc[row]!r} is not a number")
+            found.append(pd.DataFrame({"row": np.flatnonzero(bad), "column": name, "value": raw[name][bad].to_numpy(),
+                                       "reason": f"not a number (expected {column.expectation()})"}))
+    if not found:
+        return pd.DataFrame({"row": pd.Series(dtype="int64"), "column": pd.Series(dtype="str"),
+                             "value": pd.Series(dtype="str"), "reason": pd.Series(dtype="str")})
+    return pd.concat(found, ignore_index=True)
+
+
+def _read_as_text_and_locate(data: bytes, kept: list[str], where: str) -> pd.DataFrame:
+    """Slow path, taken only when a numeric cell does not parse: find and name the first bad cell."""
+    raw = read_as_text(data)
+    if raw is None:
+        raise DataError(f"{where}: a numeric column could not be parsed")
+    raw = raw[kept]
+    header_row = repeated_header(raw)
+    if header_row is not None:
+        raise DataError(f"{where}: line {header_row + 2} repeats the header inside the data")
+    cells = unparsable_cells(raw)
+    if not cells.empty:
+        first = cells.sort_values(["row"], kind="stable").iloc[0]
+        raise DataError(f"{where}: line {first['row'] + 2}, column {first['column']!r}: "
+                        f"{first['value'].strip()!r} is {first['reason']}")
     raise DataError(f"{where}: a numeric column could not be parsed")
 
 
@@ -206,16 +237,3 @@ def validate_songs(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     if not problems.empty:
         raise DataError(describe_problem(problems, frame, where))
     return frame[[name for name in COLUMN_NAMES if name in frame.columns]]
-
-
-def read_split(name: str, columns: tuple[str, ...] = COLUMN_NAMES) -> pd.DataFrame:
-    """One split of songs as the split stage wrote it, with a clear error when it is missing or stale."""
-    path = SPLIT_DIR / f"{name}.parquet"
-    try:
-        songs = pd.read_parquet(path, columns=None if columns == COLUMN_NAMES else list(columns))
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found; run `dvc repro split` first") from None
-    absent = [column for column in columns if column not in songs.columns]
-    if absent:
-        raise DataError(f"{path}: missing column {absent[0]!r}; run `dvc repro split` again")
-    return songs

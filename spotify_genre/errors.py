@@ -37,6 +37,13 @@ class BundleError(PipelineError):
     exit_code = 5
 
 
+class PreprocessorMismatch(BundleError):
+    """A preprocessor whose bytes are not those of the one the model was trained with (another split seed, another
+    run): every input column may be scaled differently, with the same names."""
+
+    exit_code = 6
+
+
 def exits_cleanly(main: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a stage's main(): expected errors become one line on stderr and a non-zero exit code."""
 

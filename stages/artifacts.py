@@ -1,0 +1,107 @@
+"""The files one stage hands to the next: where each lives, how it is written, and its one reader.
+
+Every reader turns a missing or stale file into one DataError line that names the file and the stage to re-run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spotify_genre.atomic import write_parquet
+from spotify_genre.errors import DataError
+from spotify_genre.schema import COLUMN_NAMES, GENRES
+from spotify_genre.validation import read_json
+
+SPLITS = ("train", "val", "test")
+RAW_SONGS = Path("data/raw/spotify_songs.csv")  # download -> split
+SPLIT_DIR = Path("data/split")  # split -> select, preprocess, evaluate: validated songs, every raw column
+SPLIT_REPORT = Path("reports/split.json")  # split -> preprocess, evaluate
+ANOVA_REPORT = Path("reports/anova.json")  # select -> preprocess, evaluate
+PROCESSED_DIR = Path("data/processed")  # preprocess -> train, baselines, evaluate
+PREPROCESSOR = Path("models/preprocessor.json")  # preprocess -> train, evaluate, predict
+MODEL = Path("models/model.pt")  # train -> evaluate, predict
+LIVE_DIR = Path("dvclive")  # train -> evaluate
+TRAINING_SUMMARY = LIVE_DIR / "metrics.json"
+LOSS_CURVES = {split: LIVE_DIR / "plots" / "metrics" / split / "loss.tsv" for split in ("train", "val")}
+BASELINES = Path("reports/baselines.json")  # baselines -> evaluate
+
+
+def read_report(path: Path, stage: str) -> Any:
+    """A stage's JSON report."""
+    return read_json(path, DataError, f"run `dvc repro {stage}` first", f"run `dvc repro {stage}` again")
+
+
+def read_split(name: str, columns: tuple[str, ...] = COLUMN_NAMES) -> pd.DataFrame:
+    """One split of songs as the split stage wrote it."""
+    path = SPLIT_DIR / f"{name}.parquet"
+    try:
+        songs = pd.read_parquet(path, columns=None if columns == COLUMN_NAMES else list(columns))
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run `dvc repro split` first") from None
+    absent = [column for column in columns if column not in songs.columns]
+    if absent:
+        raise DataError(f"{path}: missing column {absent[0]!r}; run `dvc repro split` again")
+    return songs
+
+
+@dataclass(frozen=True)
+class ProcessedSplit:
+    """A model-ready split: `track_id`, integer `label` (index into GENRES), then float32 feature columns."""
+
+    features: np.ndarray  # float32, (rows, len(feature_names))
+    labels: np.ndarray  # int64, index into GENRES
+    track_ids: np.ndarray  # str
+    feature_names: tuple[str, ...]
+
+
+def processed_path(split: str, folder: str | os.PathLike = PROCESSED_DIR) -> Path:
+    return Path(folder) / f"{split}.parquet"
+
+
+def write_processed(path: str | os.PathLike, split: ProcessedSplit) -> None:
+    frame = pd.DataFrame(split.features.astype(np.float32, copy=False), columns=list(split.feature_names))
+    frame.insert(0, "label", split.labels.astype(np.int64, copy=False))
+    frame.insert(0, "track_id", pd.Series(split.track_ids, dtype="str"))
+    write_parquet(path, frame)
+
+
+def read_processed(path: str | os.PathLike) -> ProcessedSplit:
+    """One processed split, checked: rows present, labels in range, every feature a finite number."""
+    try:
+        frame = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run `dvc repro preprocess` first") from None
+    names = tuple(column for column in frame.columns if column not in ("track_id", "label"))
+    missing = [column for column in ("track_id", "label") if column not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: no {missing[0]!r} column; run `dvc repro preprocess` again")
+    if frame.empty:
+        raise DataError(f"{path}: no rows")
+    labels = frame["label"].to_numpy(dtype=np.int64)
+    if labels.min() < 0 or labels.max() >= len(GENRES):
+        raise DataError(f"{path}: label outside 0..{len(GENRES) - 1}")
+    features = np.ascontiguousarray(frame[list(names)].to_numpy(dtype=np.float32))
+    bad_rows, bad_columns = np.nonzero(~np.isfinite(features))
+    if len(bad_rows):
+        raise DataError(f"{path}: row {bad_rows[0] + 1}, column {names[bad_columns[0]]!r}: "
+                        "not a finite number (the preprocessed data should have none)")
+    return ProcessedSplit(features=features, labels=labels, track_ids=frame["track_id"].to_numpy(dtype=str),
+                          feature_names=names)
+
+
+def read_processed_splits(names: tuple[str, ...] = SPLITS,
+                          folder: str | os.PathLike = PROCESSED_DIR) -> dict[str, ProcessedSplit]:
+    """The named processed splits, which must share their feature columns."""
+    splits = {name: read_processed(processed_path(name, folder)) for name in names}
+    first = names[0]
+    for name, split in splits.items():
+        if split.feature_names != splits[first].feature_names:
+            raise DataError(f"{processed_path(name, folder)}: feature columns differ from "
+                            f"{processed_path(first, folder)}'s; run `dvc repro preprocess` again")
+    return splits
