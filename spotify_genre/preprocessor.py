@@ -109,10 +109,11 @@ class PreprocessorFile(Strict):
         if len(set(self.input_features)) != len(self.input_features):
             raise ValueError("input_features are not distinct")
         for name in self.input_features:
-            section = "categorical" if name in CATEGORICAL_FEATURES else "numeric"
-            if name not in getattr(self, section) or name in getattr(self, "numeric" if section == "categorical"
-                                                                         else "categorical"):
-                raise ValueError(f"input feature {name!r} must be described once, under {section}")
+            categorical = name in CATEGORICAL_FEATURES
+            under, other = (self.categorical, self.numeric) if categorical else (self.numeric, self.categorical)
+            if name not in under or name in other:
+                raise ValueError(f"input feature {name!r} must be described once, under "
+                                 f"{'categorical' if categorical else 'numeric'}")
         if len(self.numeric) + len(self.categorical) != len(self.input_features):
             raise ValueError("numeric and categorical describe features that are not in input_features")
         return self
