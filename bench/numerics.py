@@ -1,4 +1,4 @@
-"""Section `numerics`: what the numerics pin (stages/numerics.py) costs the train stage's loop.
+"""Section `numerics`: what the numerics pin (spotify_genre/numerics.py) costs the train stage's loop.
 
 Each run is a fresh process, since every library reads its setting once, at load: one with the pin, one with
 SPOTIFY_GENRE_NUMERICS=native (every library on its fastest path for this CPU), alternating, so both see the same

@@ -270,7 +270,7 @@ def _numerics(results: dict) -> list[str]:
         f"{results['features']} inputs, {results['epochs_per_run']} epochs a run, a fresh process per run, "
         "alternating):", "",
         "| numerics | code paths | samples/s |", "| --- | --- | --- |",
-        f"| pinned (default; `stages/numerics.py`) | {paths(pinned)} | {rate(results['pinned_samples_per_s'])} |",
+        f"| pinned (default; `spotify_genre/numerics.py`) | {paths(pinned)} | {rate(results['pinned_samples_per_s'])} |",
         f"| unpinned (`SPOTIFY_GENRE_NUMERICS=native`) | {paths(native)} | {rate(results['native_samples_per_s'])} |",
         f"| unpinned / pinned (per pair of runs) | | {fig(results['slowdown'], '×')} |",
     ]

@@ -71,7 +71,7 @@ def fit_model_inputs(train: pd.DataFrame, selected: list[str], params: Preproces
                      groups: pd.Series) -> tuple[Preprocessor, np.ndarray]:
     """Fit on the training songs alone; return the preprocessor and those songs' model inputs.
 
-    The text scores of these songs are out of fold, by `groups` (see stages/text.py): for any other songs,
+    The text scores of these songs are out of fold, by `groups` (see spotify_genre/text_scores.py): for any other songs,
     model_inputs gives the scores of the model of all training songs."""
     pre = fit_preprocessor(candidate_features(train, selected), params, data_sha256=data_sha256)
     labels = encode_labels(train[LABEL])
