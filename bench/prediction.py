@@ -59,7 +59,8 @@ def measure(ctx: Context) -> dict:
                 raise BenchError(f"predict exited {code}: {quiet.getvalue()[-500:]}")
             if attempt:
                 in_process.append(seconds)
-    startup = [run(python("-c", "import spotify_genre.cli, spotify_genre.model"), project).seconds for _ in range(ctx.runs)]
+    startup = [run(python("-c", "import spotify_genre.cli, spotify_genre.model"), project).seconds
+               for _ in range(ctx.runs)]
 
     small = project / "songs-10.csv"
     small.write_bytes(songs_csv(pd.read_csv(project / RAW_CSV, dtype=str, keep_default_na=False), SMALL_ROWS))

@@ -22,18 +22,17 @@ from torch import nn
 from spotify_genre.atomic import write_with
 from spotify_genre.errors import BundleError, PreprocessorMismatch
 from spotify_genre.model import build_mlp
-from spotify_genre.validation import SHA256_PATTERN, Strict, validated
+from spotify_genre.validation import NonNegativeInt, Positive, PositiveInt, Sha256, Strict, validated
 
 BUNDLE_FORMAT = 1
 _PLAIN = (str, int, float, bool, type(None))
-PositiveInt = Annotated[int, Field(ge=1)]
 
 
 class Embedding(Strict):
-    columns: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+    columns: Annotated[list[NonNegativeInt], Field(min_length=1)]
     frequencies: PositiveInt
     dim: PositiveInt
-    sigma: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+    sigma: Positive
 
 
 class Architecture(Strict):
@@ -57,19 +56,19 @@ class PreprocessorReference(Strict):
     """The preprocessor file the model was trained on: its path then, and the sha256 of its bytes."""
 
     path: str
-    sha256: Annotated[str, Field(pattern=SHA256_PATTERN)]
+    sha256: Sha256
 
 
 class BundleFile(Strict):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    format: Literal[1]
+    format: Literal[BUNDLE_FORMAT]
     architecture: Architecture
     feature_names: list[str]
     class_names: list[str]
     preprocessor: PreprocessorReference
     params: dict[str, Any]
-    data_sha256: Annotated[str, Field(pattern=SHA256_PATTERN)]
+    data_sha256: Sha256
     state_dict: dict[str, torch.Tensor]
 
     @model_validator(mode="after")

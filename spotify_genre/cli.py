@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         raise BundleError(f"{args.model}: no model bundle there (train one with `dvc repro`, or pass --model)")
 
     where = "<stdin>" if args.input == STDIO else args.input
-    songs, problems = read_input(_read_bytes(args.input), where, required_columns(preprocessor.input_features, preprocessor.text_fields))
+    required = required_columns(preprocessor.input_features, preprocessor.text_fields)
+    songs, problems = read_input(_read_bytes(args.input), where, required)
     songs, ids, skipped = valid_songs(songs, problems, where, args.skip_invalid)
     sys.stderr.write("".join(f"{line}\n" for line in skipped))
     features = model_inputs(preprocessor, songs)

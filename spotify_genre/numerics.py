@@ -1,9 +1,10 @@
 """Pinned numerics: one code path for every library that picks its kernels by the CPU it runs on, so the same
 params and data give the same bytes on any x86-64 CPU with AVX2, Intel or AMD, AVX2 or AVX-512.
 
-Each library reads its setting once, when it loads or first computes, so `pin()` runs when the `stages` package
-is imported: `python -m stages.X`, `dvc repro`, `dvc exp run` (workspace, --temp, queued) and `spotify-genre` all
-import it before numpy or torch. What this promises and how each setting was found: docs/guarantees.md.
+Each library reads its setting once, when it loads or first computes, so `pin()` runs when the `spotify_genre`
+package is imported: `spotify-genre`, and `python -m stages.X` (so `dvc repro` and `dvc exp run` in the workspace,
+--temp or queued) through `stages/__init__.py`, all import it before numpy or torch. What this promises and how
+each setting was found: docs/guarantees.md.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ def pin(environ: MutableMapping[str, str] = os.environ) -> None:
     unset = [name for name, value in PINNED.items() if environ.get(name) != value]
     loaded = [name for name in _LOADED_TOO_EARLY if name in sys.modules]
     if unset and loaded:
-        warnings.warn(f"{', '.join(loaded)} loaded before the numerics pin ({', '.join(unset)} unset): import stages "
-                      "first, or set these variables before Python starts", UnpinnedWarning, stacklevel=3)
+        warnings.warn(f"{', '.join(loaded)} loaded before the numerics pin ({', '.join(unset)} unset): import "
+                      "spotify_genre first, or set these variables before Python starts", UnpinnedWarning, stacklevel=3)
     if environ is os.environ:
         for name in PINNED:
             _BEFORE_PIN.setdefault(name, environ.get(name))

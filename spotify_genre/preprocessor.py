@@ -36,14 +36,11 @@ from spotify_genre.errors import BundleError, DataError
 from spotify_genre.features import CANDIDATE_FEATURES, CATEGORICAL_FEATURES, TEXT_FIELDS, candidate_features
 from spotify_genre.schema import GENRES
 from spotify_genre.text_scores import TextScorer
-from spotify_genre.validation import SHA256_PATTERN, Strict, read_json, validated
+from spotify_genre.validation import (Finite, Positive, PositiveInt, Sha256, Strict, parse_json, read_bytes,
+                                     validated)
 
 FORMAT_VERSION = 1
 ARRAYS_SUFFIX = ".npz"
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-Positive = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
-PositiveInt = Annotated[int, Field(ge=1)]
-Sha256 = Annotated[str, Field(pattern=SHA256_PATTERN)]
 PerGenre = Annotated[list[Finite], Field(min_length=len(GENRES), max_length=len(GENRES))]
 
 
@@ -84,7 +81,7 @@ class TextFieldStats(Strict):
 
 
 class TextSection(Strict):
-    arrays: Literal[".npz"]
+    arrays: Literal[ARRAYS_SUFFIX]
     arrays_sha256: Sha256
     fields: Annotated[dict[Literal[TEXT_FIELDS], TextFieldStats], Field(min_length=1)]
 
@@ -92,7 +89,7 @@ class TextSection(Strict):
 class PreprocessorFile(Strict):
     """The JSON file, as to_dict() writes it."""
 
-    format_version: Literal[1]
+    format_version: Literal[FORMAT_VERSION]
     data_sha256: Sha256
     input_features: Annotated[list[Literal[CANDIDATE_FEATURES]], Field(min_length=1)]
     output_features: list[str]
@@ -224,7 +221,8 @@ class Preprocessor:
         return {name: array for scorer in self.text for name, array in scorer.arrays().items()}
 
     @classmethod
-    def from_file(cls, data: PreprocessorFile, arrays: dict[str, np.ndarray], sha256: str | None = None) -> Preprocessor:
+    def from_file(cls, data: PreprocessorFile, arrays: dict[str, np.ndarray],
+                  sha256: str | None = None) -> Preprocessor:
         """Rebuild from a validated file and its arrays (with text fields); ValueError if they do not agree."""
         columns = tuple(
             NumericColumn(name, **data.numeric[name].model_dump()) if name in data.numeric
@@ -306,13 +304,10 @@ def load_preprocessor(path: str | os.PathLike) -> Preprocessor:
     """Read and check a preprocessor JSON (and its .npz with text fields); anything missing, malformed or of
     another version is a BundleError."""
     path = Path(path)
-    content = read_json(path, BundleError, "run `dvc repro preprocess` to create it")
-    data = validated(PreprocessorFile, content, f"{path}: not a valid preprocessor", BundleError)
+    content = read_bytes(path, BundleError, "run `dvc repro preprocess` to create it")
+    parsed = parse_json(content, path, BundleError, "run `dvc repro preprocess` again")
+    data = validated(PreprocessorFile, parsed, f"{path}: not a valid preprocessor", BundleError)
     try:
-        return Preprocessor.from_file(data, _read_arrays(path, data.text), file_sha256(path))
+        return Preprocessor.from_file(data, _read_arrays(path, data.text), hashlib.sha256(content).hexdigest())
     except ValueError as error:
         raise BundleError(f"{path}: not a valid preprocessor: {error}") from None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -93,7 +93,8 @@ def _check_header(header: list[str], required: tuple[str, ...], where: str, allo
         hint = f" (found unexpected {extra[0]!r}: renamed?)" if extra else ""
         raise DataError(f"{where}: missing column {missing[0]!r}{hint}")
     if extra and not allow_extra:
-        raise DataError(f"{where}: unexpected column {extra[0]!r}; expected exactly the {len(COLUMNS)} columns of the schema")
+        raise DataError(f"{where}: unexpected column {extra[0]!r}; expected exactly the {len(COLUMNS)} columns of "
+                        "the schema")
 
 
 def read_songs(source: str | IO[bytes], where: str, *, required: tuple[str, ...] = COLUMN_NAMES,
@@ -112,8 +113,11 @@ def read_songs(source: str | IO[bytes], where: str, *, required: tuple[str, ...]
     if b"\x00" in data:  # in UTF-8 a zero byte is only ever the NUL character
         raise DataError(f"{where}: binary data (NUL bytes), not a CSV")
     first_line = data[: data.find(b"\n")] if b"\n" in data else data
-    header = next(csv.reader(io.StringIO(first_line.decode("utf-8"))), [])
-    header = [name.strip().lstrip("\ufeff") for name in header]
+    header = [name.lstrip("\ufeff") for name in next(csv.reader(io.StringIO(first_line.decode("utf-8"))), [])]
+    padded = [name for name in header if name != name.strip() and name.strip() in BY_NAME]
+    if padded:
+        raise DataError(f"{where}: column {padded[0]!r} has spaces around its name; expected {padded[0].strip()!r}")
+    header = [name.strip() for name in header]
     _check_header(header, required, where, allow_extra)
     kept = [name for name in header if name in BY_NAME]
     try:

@@ -1,7 +1,8 @@
-"""One way to read what a file claims to be: strict JSON, then a strict pydantic model, then one line on failure.
+"""One way to check what a file claims to be: a strict pydantic model, and one line naming the key on failure.
 
-params.yaml, the preprocessor, the text scorer and the model bundle's metadata are all read this way, so each
-refuses unknown keys and wrong types alike and names the key that is wrong.
+params.yaml (YAML), the preprocessor and its text section (JSON, read here without NaN or Infinity) and the model
+bundle's metadata (torch.load with weights_only) are all validated this way, so each refuses unknown keys and
+wrong types alike and names the key that is wrong.
 """
 
 from __future__ import annotations
@@ -9,13 +10,19 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from spotify_genre.errors import PipelineError
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
+Sha256 = Annotated[str, Field(pattern=SHA256_PATTERN)]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 Model = TypeVar("Model", bound=BaseModel)
 
 
@@ -53,21 +60,33 @@ def _refuse_constant(constant: str) -> float:
     raise ValueError(f"{constant} is not a number JSON allows")
 
 
-def read_json(path: str | os.PathLike, error: type[PipelineError], missing: str, invalid: str = "") -> Any:
-    """The parsed content of a JSON file (NaN and Infinity refused), or `error` naming the file.
-
-    `missing` is what to do when the file is absent (`run dvc repro select first`); `invalid`, when it does not
-    parse (default: the same advice)."""
+def read_bytes(path: str | os.PathLike, error: type[PipelineError], missing: str) -> bytes:
+    """A file's bytes, or `error` naming it; `missing` is what to do when it is absent."""
     try:
-        text = open(path, encoding="utf-8").read()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise error(f"{path}: not found; {missing}") from None
-    except (OSError, UnicodeDecodeError) as problem:
-        raise error(f"{path}: cannot be read as UTF-8 text ({type(problem).__name__}); {invalid or missing}") from None
+    except OSError as problem:
+        raise error(f"{path}: cannot be read ({problem.strerror or problem})") from None
+
+
+def parse_json(content: bytes, path: str | os.PathLike, error: type[PipelineError], invalid: str) -> Any:
+    """`content` (the bytes of the file at `path`) as JSON, NaN and Infinity refused, or `error` naming the file
+    and what to do (`invalid`)."""
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{path}: not UTF-8 text; {invalid}") from None
     try:
         return json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as problem:
         raise error(f"{path}: not valid JSON (line {problem.lineno}, column {problem.colno}: {problem.msg}); "
-                    f"{invalid or missing}") from None
+                    f"{invalid}") from None
     except ValueError as problem:
-        raise error(f"{path}: {problem}; {invalid or missing}") from None
+        raise error(f"{path}: {problem}; {invalid}") from None
+
+
+def read_json(path: str | os.PathLike, error: type[PipelineError], missing: str, invalid: str) -> Any:
+    """The parsed content of a JSON file, or `error` naming it: `missing` says what to do when it is absent
+    (`run dvc repro select first`), `invalid` when it does not parse."""
+    return parse_json(read_bytes(path, error, missing), path, error, invalid)

@@ -37,13 +37,20 @@ def read_report(path: Path, stage: str) -> Any:
     return read_json(path, DataError, f"run `dvc repro {stage}` first", f"run `dvc repro {stage}` again")
 
 
+def _read_parquet(path: str | os.PathLike, stage: str, columns: list[str] | None = None) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run `dvc repro {stage}` first") from None
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"{path}: not a readable Parquet file ({str(error).splitlines()[0]}); "
+                        f"run `dvc repro {stage}` again") from None
+
+
 def read_split(name: str, columns: tuple[str, ...] = COLUMN_NAMES) -> pd.DataFrame:
     """One split of songs as the split stage wrote it."""
     path = SPLIT_DIR / f"{name}.parquet"
-    try:
-        songs = pd.read_parquet(path, columns=None if columns == COLUMN_NAMES else list(columns))
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found; run `dvc repro split` first") from None
+    songs = _read_parquet(path, "split", None if columns == COLUMN_NAMES else list(columns))
     absent = [column for column in columns if column not in songs.columns]
     if absent:
         raise DataError(f"{path}: missing column {absent[0]!r}; run `dvc repro split` again")
@@ -73,24 +80,22 @@ def write_processed(path: str | os.PathLike, split: ProcessedSplit) -> None:
 
 def read_processed(path: str | os.PathLike) -> ProcessedSplit:
     """One processed split, checked: rows present, labels in range, every feature a finite number."""
-    try:
-        frame = pd.read_parquet(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found; run `dvc repro preprocess` first") from None
+    frame = _read_parquet(path, "preprocess")
+    again = "run `dvc repro preprocess` again"
     names = tuple(column for column in frame.columns if column not in ("track_id", "label"))
     missing = [column for column in ("track_id", "label") if column not in frame.columns]
     if missing:
-        raise DataError(f"{path}: no {missing[0]!r} column; run `dvc repro preprocess` again")
+        raise DataError(f"{path}: no {missing[0]!r} column; {again}")
     if frame.empty:
-        raise DataError(f"{path}: no rows")
+        raise DataError(f"{path}: no rows; {again}")
     labels = frame["label"].to_numpy(dtype=np.int64)
     if labels.min() < 0 or labels.max() >= len(GENRES):
-        raise DataError(f"{path}: label outside 0..{len(GENRES) - 1}")
+        raise DataError(f"{path}: label outside 0..{len(GENRES) - 1}; {again}")
     features = np.ascontiguousarray(frame[list(names)].to_numpy(dtype=np.float32))
     bad_rows, bad_columns = np.nonzero(~np.isfinite(features))
     if len(bad_rows):
         raise DataError(f"{path}: row {bad_rows[0] + 1}, column {names[bad_columns[0]]!r}: "
-                        "not a finite number (the preprocessed data should have none)")
+                        f"not a finite number (the preprocessed data should have none); {again}")
     return ProcessedSplit(features=features, labels=labels, track_ids=frame["track_id"].to_numpy(dtype=str),
                           feature_names=names)
 
@@ -105,3 +110,17 @@ def read_processed_splits(names: tuple[str, ...] = SPLITS,
             raise DataError(f"{processed_path(name, folder)}: feature columns differ from "
                             f"{processed_path(first, folder)}'s; run `dvc repro preprocess` again")
     return splits
+
+
+def read_curve(path: Path, column: str) -> pd.DataFrame:
+    """One of DVCLive's per-epoch curves (a `step` column and `column`), as the train stage wrote it."""
+    try:
+        frame = pd.read_csv(path, sep="\t")
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run `dvc repro train` first") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise DataError(f"{path}: not a readable TSV ({type(error).__name__}); run `dvc repro train` again") from None
+    missing = [name for name in ("step", column) if name not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: expected columns 'step' and {column!r}, missing {', '.join(missing)}")
+    return frame[["step", column]]

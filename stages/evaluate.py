@@ -15,12 +15,13 @@ import numpy as np
 import pandas as pd
 
 from spotify_genre.atomic import write_json, write_text
-from spotify_genre.errors import BundleError, DataError, exits_cleanly
+from spotify_genre.errors import BundleError, exits_cleanly
 from spotify_genre.predictions import prediction_table, predictions_csv
 from spotify_genre.preprocessor import load_preprocessor
 from spotify_genre.schema import GENRES, LABEL, TRACK_ID
 from stages.artifacts import (ANOVA_REPORT, BASELINES, LOSS_CURVES, MODEL, PREPROCESSOR, SPLIT_REPORT, SPLITS,
-                              TRAINING_SUMMARY, ProcessedSplit, read_processed_splits, read_report, read_split)
+                              TRAINING_SUMMARY, ProcessedSplit, read_curve, read_processed_splits, read_report,
+                              read_split)
 from stages.metrics import confusion_counts, headline_metrics, per_class_metrics, rounded, row_normalised
 from stages.params import load_params
 from stages.report import model_card, per_class_f1_csv, write_confusion_png, write_loss_png
@@ -54,17 +55,6 @@ def multi_genre_tracks(songs: pd.DataFrame) -> int:
     return int((songs.groupby(TRACK_ID)[LABEL].nunique() > 1).sum())
 
 
-def _read_tsv(path: Path, column: str) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path, sep="\t")
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found; run `dvc repro train` first") from None
-    missing = [name for name in ("step", column) if name not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: expected columns 'step' and {column!r}, missing {', '.join(missing)}")
-    return frame[["step", column]]
-
-
 def _read_labels() -> pd.DataFrame:
     """Every song's track id and genre, from the three raw splits."""
     return pd.concat([read_split(name, (TRACK_ID, LABEL)) for name in SPLITS], ignore_index=True)
@@ -80,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     preprocessor = load_preprocessor(PREPROCESSOR)
     training = read_report(TRAINING_SUMMARY, "train")
     baselines = read_report(BASELINES, "baselines")
-    curves = {name: _read_tsv(path, "loss") for name, path in LOSS_CURVES.items()}
+    curves = {name: read_curve(path, "loss") for name, path in LOSS_CURVES.items()}
     songs = _read_labels()
 
     from spotify_genre.bundle import load_bundle
@@ -109,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     write_loss_png(LOSS_PNG, curves["train"], curves["val"], best_epoch)
     write_confusion_png(CONFUSION_PNG, row_normalised(counts), GENRES)
     write_text(MODEL_CARD, model_card(
-        metrics=metrics, data_sha256=bundle.data_sha256, split=split_report, anova=anova, preprocessor=preprocessor.to_dict(),
+        metrics=metrics, data_sha256=bundle.data_sha256, split=split_report, anova=anova,
+        preprocessor=preprocessor.to_dict(),
         feature_count=len(bundle.feature_names), architecture=dict(bundle.architecture), params=bundle.params,
         training=training, multi_genre_tracks=multi_genre_tracks(songs)))
     write_json(TIMING, {"predict_s": round(predict_seconds, 3), "total_s": round(time.perf_counter() - started, 3)})

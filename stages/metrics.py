@@ -13,7 +13,6 @@ from typing import Any, Sequence
 import numpy as np
 
 DECIMALS = 6
-HEADLINE = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "log_loss")
 
 
 def confusion_counts(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:

@@ -12,13 +12,11 @@ from pydantic import Field, field_validator, model_validator
 from spotify_genre.errors import ParamsError
 from spotify_genre.features import CANDIDATE_FEATURES, CATEGORICAL_FEATURES, TEXT_FIELDS
 from spotify_genre.schema import PLAYLIST_FIELDS
-from spotify_genre.validation import Strict, validated
+from spotify_genre.validation import NonNegativeInt, PositiveInt, Sha256, Strict, validated
 
 PARAMS_FILE = Path("params.yaml")
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
-PositiveInt = Annotated[int, Field(ge=1)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
 class DataParams(Strict):
@@ -27,7 +25,7 @@ class DataParams(Strict):
     path: str
     kaggle_dataset: Annotated[str, Field(pattern=r"^[\w.-]+/[\w.-]+$")]
     url: Annotated[str, Field(pattern=r"^https?://\S+$")]
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None
+    sha256: Sha256 | None
     timeout_s: Annotated[float, Field(gt=0.0, le=600.0)]
     retries: Annotated[int, Field(ge=0, le=10)]
     synthetic_rows: Annotated[int, Field(ge=60)]
@@ -59,7 +57,8 @@ class SelectParams(Strict):
     def _known_and_safe(cls, candidates: list[str]) -> list[str]:
         for name in candidates:
             if name in PLAYLIST_FIELDS:
-                raise ValueError(f"{name!r} is a playlist field: it determines the genre and must never be a model input")
+                raise ValueError(f"{name!r} is a playlist field: it determines the genre and must never be a "
+                                 "model input")
             if name not in CANDIDATE_FEATURES:
                 raise ValueError(f"unknown feature {name!r}; candidates are {', '.join(CANDIDATE_FEATURES)}")
         if len(set(candidates)) != len(candidates):

@@ -12,6 +12,7 @@ from spotify_genre.errors import DataError, exits_cleanly
 from spotify_genre.features import CANDIDATE_FEATURES
 from spotify_genre.preprocessor import Preprocessor, model_inputs, save_preprocessor
 from spotify_genre.schema import LABEL, TRACK_ID
+from spotify_genre.validation import SHA256_PATTERN
 from stages.artifacts import (ANOVA_REPORT, PREPROCESSOR, SPLIT_REPORT, SPLITS, ProcessedSplit, processed_path,
                               read_report, read_split, write_processed)
 from stages.groups import GROUP_BY, group_keys
@@ -50,7 +51,7 @@ def _selected_features(anova: Any) -> list[str]:
 
 def _data_sha256(report: Any) -> str:
     sha = report.get("raw_sha256") if isinstance(report, dict) else None
-    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+    if not isinstance(sha, str) or not re.fullmatch(SHA256_PATTERN, sha):
         raise DataError(f"{SPLIT_REPORT}: no 'raw_sha256'; run `dvc repro split` again")
     return sha
 

@@ -6,6 +6,7 @@ pipeline and `spotify-genre predict` turn songs into model inputs with the same 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -71,14 +72,14 @@ def fit_model_inputs(train: pd.DataFrame, selected: list[str], params: Preproces
                      groups: pd.Series) -> tuple[Preprocessor, np.ndarray]:
     """Fit on the training songs alone; return the preprocessor and those songs' model inputs.
 
-    The text scores of these songs are out of fold, by `groups` (see spotify_genre/text_scores.py): for any other songs,
-    model_inputs gives the scores of the model of all training songs."""
-    pre = fit_preprocessor(candidate_features(train, selected), params, data_sha256=data_sha256)
+    The text scores of these songs are out of fold, by `groups` (see spotify_genre/text_scores.py): for any other
+    songs, model_inputs gives the scores of the model of all training songs."""
+    features = candidate_features(train, selected)
     labels = encode_labels(train[LABEL])
     fitted = [fit_text_scorer(train[field], labels, groups, field, params.text) for field in params.text.fields]
-    pre = Preprocessor(data_sha256=data_sha256, scaler=pre.scaler, columns=pre.columns,
-                       text=tuple(scorer for scorer, _ in fitted))
-    inputs = np.hstack([pre.transform(candidate_features(train, selected)), *(scores for _, scores in fitted)])
+    pre = dataclasses.replace(fit_preprocessor(features, params, data_sha256=data_sha256),
+                              text=tuple(scorer for scorer, _ in fitted))
+    inputs = np.hstack([pre.transform(features), *(scores for _, scores in fitted)])
     return pre, np.ascontiguousarray(inputs, dtype=np.float32)
 
 

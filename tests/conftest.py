@@ -146,16 +146,3 @@ def synthetic_pipeline(tmp_path_factory) -> Path:
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-q", "-m", "results"], project)
     return project
-
-
-@pytest.fixture
-def synthetic_project(tmp_path: Path) -> Path:
-    """A temporary DVC project set to run the whole pipeline on small synthetic data."""
-    return make_project(tmp_path / "project", SYNTHETIC_OVERRIDES)
-
-
-@pytest.fixture(scope="session")
-def synthetic_songs_small():
-    from spotify_genre.synthetic import synthetic_songs
-
-    return synthetic_songs(3000, seed=0)

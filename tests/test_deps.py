@@ -24,7 +24,8 @@ def test_code_deps_are_exactly_the_modules_the_stage_imports(stage):
     declared = declared_code_deps(DVC_YAML[stage])
     missing = sorted(set(expected) - set(declared))
     extra = sorted(set(declared) - set(expected))
-    assert not missing, f"dvc.yaml: stage {stage!r} imports but does not list: {', '.join(missing)} (python -m tests.imports)"
+    assert not missing, (f"dvc.yaml: stage {stage!r} imports but does not list: {', '.join(missing)} "
+                         "(python -m tests.imports)")
     assert not extra, f"dvc.yaml: stage {stage!r} lists modules it does not import: {', '.join(extra)}"
 
 
@@ -32,7 +33,8 @@ def test_the_walk_follows_late_imports_and_packages():
     """What the walk must see: a function-level import, `from package import module`, and package __init__ files."""
     evaluate = imported_modules(ROOT / "stages" / "evaluate.py")
     assert "spotify_genre.bundle" in evaluate  # imported inside main(), so torch loads late
-    assert "stages" in imported_modules(ROOT / "stages" / "download.py")  # `from stages import sources` runs stages/__init__
+    # `from stages import sources` runs stages/__init__ too
+    assert "stages" in imported_modules(ROOT / "stages" / "download.py")
     assert "stages.sources" in imported_modules(ROOT / "stages" / "download.py")
     assert "spotify_genre/numerics.py" in closure("stages.split")  # through stages/__init__ -> spotify_genre/__init__
 

@@ -484,6 +484,7 @@ BAD_DATA = {
     "out_of_range.csv": ["line 3, column 'valence'", "1.7", "expected a number in [0, 1]"],
     "unknown_genre.csv": ["line 4, column 'playlist_genre'", "'jazz'", "unknown genre"],
     "repeated_header.csv": ["line 4 repeats the header"],
+    "header_spaces.csv": ["column ' energy' has spaces around its name", "expected 'energy'"],
     "no_csv.zip": ["no CSV file inside", "README.txt"],
     "random_10mb.csv": ["binary data"],
     "bomb.zip": ["spotify_songs.csv: claims 3.7 GiB uncompressed", "refused without extracting"],

@@ -36,29 +36,26 @@ def installed(tmp_path_factory) -> Path:
     return venv
 
 
-@pytest.fixture(scope="module")
-def trained(synthetic_pipeline) -> Path:
-    """A synthetic pipeline run with the checkout's own tools: the bundle and preprocessor a user would copy."""
-    return synthetic_pipeline
-
-
 def test_no_extras_install_only_what_predict_needs(installed):
     listed = json.loads(run([str(installed / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
                             installed).stdout)
     names = {package["name"].lower() for package in listed}
     assert "spotify-genre" in names and "torch" in names and "pydantic" in names
-    assert not names & set(PIPELINE_ONLY), f"pip install . pulled pipeline packages: {sorted(names & set(PIPELINE_ONLY))}"
+    pulled = sorted(names & set(PIPELINE_ONLY))
+    assert not pulled, f"pip install . pulled pipeline packages: {pulled}"
 
 
-def test_installed_predict_gives_the_same_bytes_as_the_checkout(installed, trained, tmp_path):
-    """Run outside the checkout, so nothing but the installed package can be imported."""
+def test_installed_predict_gives_the_same_bytes_as_the_checkout(installed, synthetic_pipeline, tmp_path):
+    """The bundle and preprocessor of the session's synthetic pipeline, predicted with outside the checkout, so that
+    nothing but the installed package can be imported."""
+    trained = synthetic_pipeline
     args = ["predict", str(EXAMPLE), "--model", str(trained / "models" / "model.pt"),
             "--preprocessor", str(trained / "models" / "preprocessor.json"), "--top-k", "2"]
     env = {key: value for key, value in tool_env().items() if key != "PYTHONPATH"}
     env["PATH"] = f"{installed / 'bin'}:/usr/bin:/bin"
     from_install = run([str(installed / "bin" / "spotify-genre"), *args], tmp_path, env=env)
     from_checkout = run([sys.executable, "-m", "spotify_genre.cli", *args], ROOT)
-    assert from_install.stdout.count("\n") == 1 + sum(1 for _ in EXAMPLE.open()) - 1
+    assert from_install.stdout.count("\n") == len(EXAMPLE.read_text().splitlines())  # a header, a row per song
     assert from_install.stdout == from_checkout.stdout
     where = run([str(installed / "bin" / "python"), "-c", "import spotify_genre; print(spotify_genre.__file__)"],
                 tmp_path, env=env).stdout
