@@ -19,6 +19,7 @@ from spotify_genre.predictions import prediction_table, predictions_csv
 from spotify_genre.preprocessor import load_preprocessor, model_inputs
 from spotify_genre.schema import (INPUT_COLUMNS, RELEASE_DATE, TRACK_ID, read_as_text, read_songs, repeated_header,
                                   row_problems, unparsable_cells)
+from spotify_genre.validation import read_bytes
 
 STDIO = "-"
 DEFAULT_MODEL = "models/model.pt"
@@ -128,14 +129,7 @@ def _positive(text: str) -> int:
 
 
 def _read_bytes(path: str) -> bytes:
-    if path == STDIO:
-        return sys.stdin.buffer.read()
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except OSError as error:
-        raise DataError(f"{path}: cannot be read ({error.strerror or error})") from None
+    return sys.stdin.buffer.read() if path == STDIO else read_bytes(path, DataError, "no such file")
 
 
 def _write(path: str, text: str) -> None:

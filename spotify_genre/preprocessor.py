@@ -304,7 +304,7 @@ def load_preprocessor(path: str | os.PathLike) -> Preprocessor:
     """Read and check a preprocessor JSON (and its .npz with text fields); anything missing, malformed or of
     another version is a BundleError."""
     path = Path(path)
-    content = read_bytes(path, BundleError, "run `dvc repro preprocess` to create it")
+    content = read_bytes(path, BundleError, "not found; run `dvc repro preprocess` to create it")
     parsed = parse_json(content, path, BundleError, "run `dvc repro preprocess` again")
     data = validated(PreprocessorFile, parsed, f"{path}: not a valid preprocessor", BundleError)
     try:

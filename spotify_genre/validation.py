@@ -61,11 +61,11 @@ def _refuse_constant(constant: str) -> float:
 
 
 def read_bytes(path: str | os.PathLike, error: type[PipelineError], missing: str) -> bytes:
-    """A file's bytes, or `error` naming it; `missing` is what to do when it is absent."""
+    """A file's bytes, or `error` naming it; `missing` is what to say when it is absent (`not found; run ...`)."""
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
-        raise error(f"{path}: not found; {missing}") from None
+        raise error(f"{path}: {missing}") from None
     except OSError as problem:
         raise error(f"{path}: cannot be read ({problem.strerror or problem})") from None
 
@@ -89,4 +89,4 @@ def parse_json(content: bytes, path: str | os.PathLike, error: type[PipelineErro
 def read_json(path: str | os.PathLike, error: type[PipelineError], missing: str, invalid: str) -> Any:
     """The parsed content of a JSON file, or `error` naming it: `missing` says what to do when it is absent
     (`run dvc repro select first`), `invalid` when it does not parse."""
-    return parse_json(read_bytes(path, error, missing), path, error, invalid)
+    return parse_json(read_bytes(path, error, f"not found; {missing}"), path, error, invalid)

@@ -1,6 +1,6 @@
 """`pip install .` into an empty venv gives a working `spotify-genre predict` and none of the pipeline's tools.
 
-Marked `install`: creating the venv copies torch (about two minutes here), so `make test` leaves it out and
+Marked `install`: creating the venv copies torch (70–110 s on a 2-core machine), so `make test` leaves it out and
 `make test-install` (which .ci/run runs after `make test`) runs it.
 """
 
