@@ -22,7 +22,7 @@ $(BIN)/python:
 # Reinstalled whenever the declared or locked dependencies change.
 $(STAMP): pyproject.toml requirements/constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24,<27"
-	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[pipeline,dev]'
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[pipeline,dev,dask]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -62,7 +62,7 @@ bench: $(STAMP)
 
 lock: | $(BIN)/python
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/python -m pip install --quiet -e '.[pipeline,dev]'
+	.lock-venv/bin/python -m pip install --quiet -e '.[pipeline,dev,dask]'
 	.lock-venv/bin/python -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > requirements/constraints.txt
 	rm -rf .lock-venv
 

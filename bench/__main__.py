@@ -26,6 +26,7 @@ SECTIONS = {
     "numerics": numerics.measure,
     "scaling": scaling.measure,
     "predict": prediction.measure,
+    "catalogue": prediction.measure_catalogue,
     "cuda": cuda.measure,
 }
 RUNS = 3
@@ -38,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Sections: pipeline (dvc repro, no-op repro, dvc exp run), training (the train stage's loop against "
                "a plain DataLoader), numerics (the train loop with and without the numerics pin), scaling (1x/10x/100x "
                "synthetic rows: time and peak memory per stage), predict "
-               "(100,000 rows), cuda (CPU against GPU; skipped without one). --only merges its sections into the "
+               "(100,000 rows), catalogue (predict streamed over 100k, 1M and 10M songs; CSV, .csv.gz and "
+               "Parquet), cuda (CPU against GPU; skipped without one). --only merges its sections into the "
                "existing report.")
     parser.add_argument("--quick", action="store_true",
                         help="one run each and small sizes, for trying the harness; writes to reports/bench/ unless "
