@@ -42,7 +42,8 @@ def samples_per_s(project: Path, epochs: int) -> dict:
     cpu = torch.device("cpu")
     train, val = load_split(project, "train", cpu), load_split(project, "val", cpu)
     model = build_mlp(n_features=train[0].shape[1], n_classes=len(GENRES), hidden_sizes=config.hidden_sizes,
-                      dropout=config.dropout, embedding=embedding_config(train[0].numpy(), config))
+                      dropout=config.dropout, embedding=embedding_config(train[0].numpy(), config),
+                      members=config.members)
     initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
     stage_loop_seconds(model, initial, train, val, params, 1)  # warm-up

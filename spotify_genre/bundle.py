@@ -35,6 +35,14 @@ class Embedding(Strict):
     sigma: Positive
 
 
+class TextEncoder(Strict):
+    kind: Literal["gru", "lstm"]
+    fields: Annotated[list[str], Field(min_length=1)]
+    max_chars: PositiveInt
+    embedding_dim: PositiveInt
+    hidden: PositiveInt
+
+
 class Architecture(Strict):
     """build_mlp's arguments; without `embedding` (or with null) the inputs go straight into the MLP."""
 
@@ -43,6 +51,8 @@ class Architecture(Strict):
     hidden_sizes: list[PositiveInt]
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
     embedding: Embedding | None = None
+    members: PositiveInt = 1
+    text_encoder: TextEncoder | None = None
 
     @model_validator(mode="after")
     def _embedded_columns_exist(self) -> Architecture:

@@ -11,6 +11,7 @@ from torch import nn
 
 from spotify_genre.errors import PipelineError
 from spotify_genre.numerics import inference_threads
+from spotify_genre.text_encoder import CharacterEncoder, TextEncodedModel
 
 
 class _Dropout(nn.Dropout):
@@ -27,19 +28,26 @@ class PeriodicEmbedding(nn.Module):
     """Each input x_i -> ReLU(W_i [sin(2π c_i x_i), cos(2π c_i x_i)] + b_i), with `frequencies` learned c_i drawn
     from N(0, sigma²) and a linear map of its own per input: the "PLR" embedding of Gorishniy et al. (2022), "On
     Embeddings for Numerical Features in Tabular Deep Learning". It lets the MLP cut a feature into ranges, as a
-    tree does, where a plain linear layer only sees it as a slope."""
+    tree does, where a plain linear layer only sees it as a slope.
 
-    def __init__(self, n_inputs: int, frequencies: int, dim: int, sigma: float):
+    With `members` > 1, each ensemble member has embeddings of its own: (rows, inputs) -> (rows, members, width)."""
+
+    def __init__(self, n_inputs: int, frequencies: int, dim: int, sigma: float, members: int = 1):
         super().__init__()
-        self.frequencies = nn.Parameter(torch.randn(n_inputs, frequencies) * sigma)
+        shape = (n_inputs,) if members == 1 else (members, n_inputs)
+        self.frequencies = nn.Parameter(torch.randn(*shape, frequencies) * sigma)
         bound = 1.0 / math.sqrt(2 * frequencies)
-        self.weight = nn.Parameter(torch.empty(n_inputs, 2 * frequencies, dim).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(n_inputs, dim).uniform_(-bound, bound))
+        self.weight = nn.Parameter(torch.empty(*shape, 2 * frequencies, dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(*shape, dim).uniform_(-bound, bound))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        angles = (2.0 * math.pi) * inputs.unsqueeze(-1) * self.frequencies
+        if self.frequencies.dim() == 2:
+            angles = (2.0 * math.pi) * inputs.unsqueeze(-1) * self.frequencies
+            periodic = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+            return torch.relu(torch.einsum("rik,ikd->rid", periodic, self.weight) + self.bias).flatten(1)
+        angles = (2.0 * math.pi) * inputs[:, None, :, None] * self.frequencies
         periodic = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
-        return torch.relu(torch.einsum("rik,ikd->rid", periodic, self.weight) + self.bias).flatten(1)
+        return torch.relu(torch.einsum("rmik,mikd->rmid", periodic, self.weight) + self.bias).flatten(2)
 
 
 class EmbeddedMLP(nn.Module):
@@ -53,27 +61,74 @@ class EmbeddedMLP(nn.Module):
         self.register_buffer("passed", torch.tensor(passed, dtype=torch.long), persistent=False)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.mlp(torch.cat([self.embedding(inputs[:, self.embedded]), inputs[:, self.passed]], dim=1))
+        embedded, passed = self.embedding(inputs[:, self.embedded]), inputs[:, self.passed]
+        if embedded.dim() == 3:  # one embedding per ensemble member
+            passed = passed.unsqueeze(1).expand(-1, embedded.shape[1], -1)
+        return self.mlp(torch.cat([embedded, passed], dim=-1))
+
+
+class EnsembleLinear(nn.Module):
+    """`members` independent nn.Linear layers applied side by side: (rows, members, in) -> (rows, members, out).
+
+    Each member is initialised as nn.Linear would be; a 2-D input (rows, in) is shared by all members."""
+
+    def __init__(self, in_features: int, out_features: int, members: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = nn.Parameter(torch.empty(members, in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, out_features).uniform_(-bound, bound))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if inputs.dim() == 2:
+            return torch.einsum("ri,mio->rmo", inputs, self.weight) + self.bias
+        return torch.einsum("rmi,mio->rmo", inputs, self.weight) + self.bias
+
+
+class EnsembleBatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d of each member's units on their own: (rows, members, units) normalised over the rows."""
+
+    def __init__(self, units: int, members: int):
+        super().__init__(units * members)
+        self.shape = (members, units)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return super().forward(inputs.flatten(1)).view(-1, *self.shape)
 
 
 def build_mlp(n_features: int, n_classes: int, hidden_sizes: Sequence[int], dropout: float,
-              embedding: dict[str, Any] | None = None) -> nn.Module:
+              embedding: dict[str, Any] | None = None, members: int = 1,
+              text_encoder: dict[str, Any] | None = None) -> nn.Module:
     """Each hidden layer Linear → BatchNorm1d → ReLU → Dropout; a final Linear gives the logits.
 
-    `embedding` ({columns, frequencies, dim, sigma}): those input columns go through a PeriodicEmbedding first."""
+    `embedding` ({columns, frequencies, dim, sigma}): those input columns go through a PeriodicEmbedding first.
+    `members` > 1: that many such MLPs side by side on the same (embedded) inputs, each with its own weights, a
+    deep ensemble trained in one pass; the logits are then (rows, members, classes), see `log_probabilities`.
+    `text_encoder` ({kind, fields, max_chars, embedding_dim, hidden}): the input matrix also carries the
+    character codes of those text fields (text_encoder.with_characters), read by a recurrent encoder whose
+    output joins the features."""
+    if text_encoder is not None:
+        encoder = CharacterEncoder(text_encoder["kind"], text_encoder["embedding_dim"], text_encoder["hidden"])
+        fields = len(text_encoder["fields"])
+        inner = build_mlp(n_features + fields * text_encoder["hidden"], n_classes, hidden_sizes, dropout,
+                          embedding, members)
+        return TextEncodedModel(n_features, fields, text_encoder["max_chars"], encoder, inner)
     width = n_features
     if embedding is not None:
         width += len(embedding["columns"]) * (embedding["dim"] - 1)
     layers: list[nn.Module] = []
     for size in hidden_sizes:
-        layers += [nn.Linear(width, size), nn.BatchNorm1d(size), nn.ReLU(), _Dropout(dropout)]
+        if members == 1:
+            layers += [nn.Linear(width, size), nn.BatchNorm1d(size)]
+        else:
+            layers += [EnsembleLinear(width, size, members), EnsembleBatchNorm(size, members)]
+        layers += [nn.ReLU(), _Dropout(dropout)]
         width = size
-    layers.append(nn.Linear(width, n_classes))
+    layers.append(nn.Linear(width, n_classes) if members == 1 else EnsembleLinear(width, n_classes, members))
     mlp = nn.Sequential(*layers)
     if embedding is None:
         return mlp
     periodic = PeriodicEmbedding(len(embedding["columns"]), embedding["frequencies"], embedding["dim"],
-                                 embedding["sigma"])
+                                 embedding["sigma"], members)
     return EmbeddedMLP(n_features, embedding["columns"], periodic, mlp)
 
 
@@ -92,8 +147,23 @@ def resolve_device(name: str) -> torch.device:
     raise PipelineError(f"train.device: unknown device {name!r}; expected auto, cpu or cuda")
 
 
+def log_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Log class probabilities (rows × classes) from a model's output; an ensemble's members (rows × members ×
+    classes) are combined as the mean of their probabilities."""
+    if logits.dim() == 2:
+        return torch.log_softmax(logits, dim=1)
+    return torch.logsumexp(torch.log_softmax(logits, dim=2), dim=1) - math.log(logits.shape[1])
+
+
+def model_members(model: nn.Module) -> int:
+    """How many ensemble members the model has (1 for a single MLP)."""
+    last = [module for module in model.modules() if isinstance(module, (nn.Linear, EnsembleLinear))][-1]
+    return 1 if isinstance(last, nn.Linear) else last.bias.shape[0]
+
+
 def _n_classes(model: nn.Module) -> int:
-    return [module for module in model.modules() if isinstance(module, nn.Linear)][-1].out_features
+    last = [module for module in model.modules() if isinstance(module, (nn.Linear, EnsembleLinear))][-1]
+    return last.out_features if isinstance(last, nn.Linear) else last.bias.shape[1]
 
 
 def predict_proba(model: nn.Module, features: np.ndarray, device: torch.device | None = None,
@@ -119,7 +189,7 @@ def predict_proba(model: nn.Module, features: np.ndarray, device: torch.device |
             for start in range(0, len(rows), batch_size):
                 batch = torch.from_numpy(rows[start:start + batch_size]).to(device)
                 logits = model(batch).to(torch.float64)
-                probabilities[start:start + len(batch)] = torch.softmax(logits, dim=1).cpu().numpy()
+                probabilities[start:start + len(batch)] = torch.exp(log_probabilities(logits)).cpu().numpy()
     finally:
         model.train(was_training)
         torch.set_num_threads(threads)

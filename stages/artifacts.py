@@ -15,7 +15,7 @@ import pandas as pd
 
 from spotify_genre.atomic import write_parquet
 from spotify_genre.errors import DataError
-from spotify_genre.schema import COLUMN_NAMES, GENRES
+from spotify_genre.schema import COLUMN_NAMES, GENRES, TRACK_ID
 from spotify_genre.validation import read_json
 
 SPLITS = ("train", "val", "test")
@@ -30,6 +30,7 @@ LIVE_DIR = Path("dvclive")  # train -> evaluate
 TRAINING_SUMMARY = LIVE_DIR / "metrics.json"
 LOSS_CURVES = {split: LIVE_DIR / "plots" / "metrics" / split / "loss.tsv" for split in ("train", "val")}
 BASELINES = Path("reports/baselines.json")  # baselines -> evaluate
+BASELINE_PREDICTIONS = Path("data/baselines/test_predictions.parquet")  # baselines -> evaluate
 
 
 def read_report(path: Path, stage: str) -> Any:
@@ -124,3 +125,30 @@ def read_curve(path: Path, column: str) -> pd.DataFrame:
     if missing:
         raise DataError(f"{path}: expected columns 'step' and {column!r}, missing {', '.join(missing)}")
     return frame[["step", column]]
+
+
+def write_baseline_predictions(path: str | os.PathLike, track_ids: np.ndarray,
+                               predictions: dict[str, np.ndarray]) -> None:
+    """`track_id`, then one int8 column per baseline: its predicted class (index into GENRES) of each test row."""
+    frame = pd.DataFrame({name: np.asarray(predicted, dtype=np.int8) for name, predicted in predictions.items()})
+    frame.insert(0, TRACK_ID, pd.Series(track_ids, dtype="str"))
+    write_parquet(path, frame)
+
+
+def read_baseline_predictions(track_ids: np.ndarray | None = None,
+                              path: str | os.PathLike = BASELINE_PREDICTIONS) -> dict[str, np.ndarray]:
+    """{baseline: predicted class (int64) of each test row}, in the baselines stage's order; with `track_ids`
+    (the processed test split's), checked to be those rows in that order."""
+    frame = _read_parquet(path, "baselines")
+    again = "run `dvc repro baselines` again"
+    if TRACK_ID not in frame.columns:
+        raise DataError(f"{path}: no {TRACK_ID!r} column; {again}")
+    if track_ids is not None and not np.array_equal(frame[TRACK_ID].to_numpy(dtype=str), track_ids):
+        raise DataError(f"{path}: its rows are not those of {processed_path('test')}; {again}")
+    predictions = {}
+    for name in frame.columns.drop(TRACK_ID):
+        column = frame[name]
+        if column.dtype != np.int8 or (len(column) and not 0 <= column.min() <= column.max() < len(GENRES)):
+            raise DataError(f"{path}: column {name!r}: expected class indices 0..{len(GENRES) - 1} (int8); {again}")
+        predictions[name] = column.to_numpy(dtype=np.int64)
+    return predictions

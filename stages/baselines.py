@@ -1,7 +1,8 @@
-"""Baselines stage: reference models fitted on the same processed training split and features as the MLP.
+"""Baselines stage: the MLP's peers, fitted on its processed training split and features, each early-stopped on
+the validation split where it has rounds (stages/peers.py), and scored on validation and test.
 
-A stage of its own, so that `dvc exp run -S lr=...` (which re-runs train and evaluate) does not refit them.
-The evaluate stage puts their scores beside the MLP's in reports/metrics.json.
+A stage of its own, so that `dvc exp run -S lr=...` (which re-runs train and evaluate) does not refit them. The
+evaluate stage puts them beside the MLP: their scores, and their test predictions for paired comparisons.
 """
 
 from __future__ import annotations
@@ -15,25 +16,13 @@ import numpy as np
 from spotify_genre.atomic import write_json
 from spotify_genre.errors import exits_cleanly
 from spotify_genre.schema import GENRES
-from stages.artifacts import BASELINES, ProcessedSplit, read_processed_splits
+from stages.artifacts import (BASELINE_PREDICTIONS, BASELINES, SPLITS, ProcessedSplit, read_processed_splits,
+                              write_baseline_predictions)
 from stages.metrics import label_metrics, rounded
 from stages.params import BaselinesParams, load_params
+from stages.peers import fit_peer
 
 TIMING = Path("reports/timing/baselines.json")
-
-
-def make_baseline(name: str, params: BaselinesParams):
-    """An unfitted scikit-learn classifier, seeded so that fitting is deterministic."""
-    from sklearn.dummy import DummyClassifier
-    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-
-    if name == "majority":
-        return DummyClassifier(strategy="most_frequent")
-    if name == "hist_gradient_boosting":
-        return HistGradientBoostingClassifier(random_state=params.seed)
-    if name == "random_forest":
-        return RandomForestClassifier(n_estimators=params.rf_trees, n_jobs=params.threads, random_state=params.seed)
-    raise ValueError(f"unknown baseline {name!r}")
 
 
 def baseline_rows(rows: int, params: BaselinesParams) -> np.ndarray:
@@ -43,36 +32,47 @@ def baseline_rows(rows: int, params: BaselinesParams) -> np.ndarray:
     return np.sort(np.random.default_rng(params.seed).choice(rows, size=params.max_train_rows, replace=False))
 
 
-def fit_baselines(train: ProcessedSplit, test: ProcessedSplit,
-                  params: BaselinesParams) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Each baseline fitted on `train` and scored on `test`: ({name: {accuracy, f1_macro}}, {name: seconds})."""
+def strongest(models: dict[str, dict]) -> str | None:
+    """The baseline other than the majority class with the highest validation macro-F1 (ties: first by name)."""
+    peers = [name for name in models if name != "majority"]
+    return min(peers, key=lambda name: (-models[name]["val"]["f1_macro"], name)) if peers else None
+
+
+def fit_baselines(splits: dict[str, ProcessedSplit],
+                  params: BaselinesParams) -> tuple[dict, dict[str, np.ndarray], dict[str, float]]:
+    """Each baseline fitted on the training rows (stopped early on the validation rows) and then asked for the
+    validation and test rows' classes: (the report, {name: test predictions}, {name: seconds})."""
     from threadpoolctl import threadpool_limits
 
+    train, val, test = (splits[name] for name in SPLITS)
     rows = baseline_rows(len(train.labels), params)
-    features, labels = train.features[rows], train.labels[rows]
-    scores, seconds = {}, {}
+    models, predictions, seconds = {}, {}, {}
     for name in params.models:
         started = time.perf_counter()
-        model = make_baseline(name, params)
         # One OpenMP thread: HistGradientBoosting's threads synchronise at every tree node, and on a CPU
         # shared with any other work two threads ran 5-10x slower than one (23k rows: 2.3 s on one thread).
         with threadpool_limits(1, user_api="openmp"):
-            model.fit(features, labels)
-            predicted = model.predict(test.features)
-        scores[name] = label_metrics(test.labels, predicted, len(GENRES))
+            fitted = fit_peer(name, params, train.features[rows], train.labels[rows], val.features, val.labels)
+            predicted = {"val": fitted.predict(val.features), "test": fitted.predict(test.features)}
+        models[name] = rounded({"val": label_metrics(val.labels, predicted["val"], len(GENRES)),
+                                "test": label_metrics(test.labels, predicted["test"], len(GENRES)),
+                                "iterations": fitted.iterations})
+        predictions[name] = predicted["test"]
         seconds[name] = time.perf_counter() - started
-    return scores, seconds
+    return {"models": models, "strongest": strongest(models)}, predictions, seconds
 
 
 @exits_cleanly
 def main(argv: list[str] | None = None) -> int:
     params = load_params()
-    splits = read_processed_splits(("train", "test"))
-    train, test = splits["train"], splits["test"]
-    scores, seconds = fit_baselines(train, test, params.baselines)
-    write_json(BASELINES, rounded(scores))
+    splits = read_processed_splits(SPLITS)
+    report, predictions, seconds = fit_baselines(splits, params.baselines)
+    write_baseline_predictions(BASELINE_PREDICTIONS, splits["test"].track_ids, predictions)
+    write_json(BASELINES, report)
     write_json(TIMING, {name: round(value, 3) for name, value in seconds.items()})
-    print("baselines: test accuracy " + ", ".join(f"{name} {s['accuracy']:.4f}" for name, s in scores.items()))
+    print("baselines: validation macro-F1 "
+          + ", ".join(f"{name} {scores['val']['f1_macro']:.4f}" for name, scores in report["models"].items())
+          + f"; strongest: {report['strongest']}")
     return 0
 
 

@@ -1,7 +1,9 @@
-"""Evaluate stage: the MLP's test and validation metrics beside the baselines' scores, plots, model card.
+"""Evaluate stage: the MLP's test and validation metrics with bootstrap intervals, the paired difference to each
+baseline, plots, model card.
 
-Every Git-tracked output is a pure function of the pipeline's data and params (no timings, no dates), so a
-re-run writes the same bytes. Timings go to reports/timing/evaluate.json, which Git and DVC ignore.
+Every Git-tracked output is a pure function of the pipeline's data and params (no timings, no dates; the
+bootstrap's seed is a param), so a re-run writes the same bytes. Timings go to reports/timing/evaluate.json, which
+Git and DVC ignore.
 """
 
 from __future__ import annotations
@@ -13,18 +15,23 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
 from spotify_genre.atomic import write_json, write_text
-from spotify_genre.errors import BundleError, exits_cleanly
+from spotify_genre.errors import BundleError, DataError, exits_cleanly
 from spotify_genre.predictions import prediction_table, predictions_csv
 from spotify_genre.preprocessor import load_preprocessor
 from spotify_genre.schema import GENRES, LABEL, TRACK_ID
-from stages.artifacts import (ANOVA_REPORT, BASELINES, LOSS_CURVES, MODEL, PREPROCESSOR, SPLIT_REPORT, SPLITS,
-                              TRAINING_SUMMARY, ProcessedSplit, read_curve, read_processed_splits, read_report,
-                              read_split)
+from spotify_genre.validation import Finite, validated
+from stages.artifacts import (ANOVA_REPORT, BASELINE_PREDICTIONS, BASELINES, LOSS_CURVES, MODEL, PREPROCESSOR,
+                              SPLIT_REPORT, SPLITS, TRAINING_SUMMARY, ProcessedSplit,
+                              read_baseline_predictions, read_curve, read_processed_splits, read_report, read_split)
+from stages.bootstrap import bootstrap, observed_scores
 from stages.metrics import confusion_counts, headline_metrics, per_class_metrics, rounded, row_normalised
-from stages.params import load_params
-from stages.report import model_card, per_class_f1_csv, write_confusion_png, write_loss_png
+from stages.model_inputs import model_inputs
+from stages.params import BootstrapParams, load_params
+from stages.report import (interval_text, model_card, per_class_f1_csv, share_text, write_confusion_png,
+                           write_loss_png)
 
 METRICS = Path("reports/metrics.json")
 PREDICTIONS = Path("reports/predictions.csv")
@@ -34,20 +41,91 @@ CONFUSION_PNG = Path("reports/figures/confusion_matrix.png")
 MODEL_CARD = Path("reports/model_card.md")
 TIMING = Path("reports/timing/evaluate.json")
 
+AGAIN = "run `dvc repro baselines` again"
+# A tolerance for scores baselines.json writes rounded (to 6 decimals): the file and the predictions must agree.
+ROUNDING = 1e-6
+
+
+class _Scores(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True)  # further keys are the baselines stage's own business
+    accuracy: Finite
+    f1_macro: Finite
+
+
+class _Baseline(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True)
+    val: _Scores
+    test: _Scores
+
+
+class BaselineReport(BaseModel):
+    """What evaluate reads of reports/baselines.json."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+    models: dict[str, _Baseline]
+    strongest: str | None
+
+
+def baseline_report(raw: object) -> BaselineReport:
+    report = validated(BaselineReport, raw, str(BASELINES), DataError)
+    peers = [name for name in report.models if name != "majority"]
+    named = report.strongest in peers if peers else report.strongest is None
+    if not named:
+        raise DataError(f"{BASELINES}: strongest: {report.strongest!r} is not one of its models; {AGAIN}")
+    return report
+
+
+def checked_predictions(predictions: dict[str, np.ndarray], test: ProcessedSplit, report: BaselineReport,
+                        n_classes: int = len(GENRES)) -> dict[str, np.ndarray]:
+    """Each baseline of baselines.json's predicted class per test row (read_baseline_predictions checked the rows),
+    checked to score on the test split what baselines.json says it does."""
+    for name, scores in report.models.items():
+        if name not in predictions:
+            raise DataError(f"{BASELINE_PREDICTIONS}: no column for the baseline {name!r} of {BASELINES}; {AGAIN}")
+        for score, value in observed_scores(test.labels, predictions[name], n_classes).items():
+            if abs(value - getattr(scores.test, score)) > ROUNDING:
+                raise DataError(f"{BASELINE_PREDICTIONS}: column {name!r} scores test {score} {value:.6f}, but "
+                                f"{BASELINES} says {getattr(scores.test, score):.6f}; {AGAIN}")
+    return {name: predictions[name] for name in report.models}
+
 
 def evaluation_metrics(test: ProcessedSplit, test_proba: np.ndarray, val: ProcessedSplit, val_proba: np.ndarray,
-                       baselines: dict[str, dict[str, float]],
-                       class_names: tuple[str, ...] = GENRES) -> dict[str, Any]:
+                       report: BaselineReport, baseline_predictions: dict[str, np.ndarray],
+                       settings: BootstrapParams, class_names: tuple[str, ...] = GENRES) -> dict[str, Any]:
     """The content of reports/metrics.json, every float rounded."""
-    metrics = rounded({
+    figures = bootstrap(test.labels, test_proba.argmax(axis=1), baseline_predictions, len(class_names),
+                        resamples=settings.resamples, confidence=settings.confidence, seed=settings.seed)
+    baselines = {
+        name: {"accuracy": scores.test.accuracy, "f1_macro": scores.test.f1_macro,
+               "val_accuracy": scores.val.accuracy, "val_f1_macro": scores.val.f1_macro,
+               "difference": figures["differences"][name]}
+        for name, scores in report.models.items()
+    }
+    metrics = {
         **headline_metrics(test.labels, test_proba),
+        "intervals": figures["intervals"],
         "per_class": per_class_metrics(test.labels, test_proba.argmax(axis=1), class_names),
         "val": headline_metrics(val.labels, val_proba),
         "baselines": baselines,
-    })
-    if baselines:
-        metrics["beats_baselines"] = all(metrics["accuracy"] > scores["accuracy"] for scores in baselines.values())
-    return metrics
+        "strongest_baseline": report.strongest,
+        "bootstrap": settings.model_dump(),
+    }
+    return rounded(metrics)
+
+
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    """What the stage prints: the MLP's scores with their intervals, then a line per baseline."""
+    intervals, settings = metrics["intervals"], metrics["bootstrap"]
+    lines = [f"evaluate: test accuracy {metrics['accuracy']:.4f} {interval_text(intervals['accuracy'])}, "
+             f"macro-F1 {metrics['f1_macro']:.4f} {interval_text(intervals['f1_macro'])} "
+             f"({share_text(settings['confidence'])} bootstrap intervals, {settings['resamples']:,} resamples)"]
+    for name, scores in metrics["baselines"].items():
+        accuracy, f1 = scores["difference"]["accuracy"], scores["difference"]["f1_macro"]
+        strongest = " (strongest)" if name == metrics["strongest_baseline"] else ""
+        lines.append(f"  MLP - {name}{strongest}: accuracy {accuracy['estimate']:+.4f} "
+                     f"{interval_text(accuracy, signed=True)}, macro-F1 {f1['estimate']:+.4f} "
+                     f"{interval_text(f1, signed=True)}")
+    return lines
 
 
 def multi_genre_tracks(songs: pd.DataFrame) -> int:
@@ -63,13 +141,15 @@ def _read_labels() -> pd.DataFrame:
 @exits_cleanly
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
-    load_params()
+    params = load_params()
     splits = read_processed_splits()
     split_report = read_report(SPLIT_REPORT, "split")
     anova = read_report(ANOVA_REPORT, "select")
     preprocessor = load_preprocessor(PREPROCESSOR)
     training = read_report(TRAINING_SUMMARY, "train")
-    baselines = read_report(BASELINES, "baselines")
+    baselines = baseline_report(read_report(BASELINES, "baselines"))
+    baseline_predictions = checked_predictions(read_baseline_predictions(splits["test"].track_ids), splits["test"],
+                                               baselines)
     curves = {name: read_curve(path, "loss") for name, path in LOSS_CURVES.items()}
     songs = _read_labels()
 
@@ -81,12 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     if bundle.data_sha256 != split_report.get("raw_sha256"):
         raise BundleError(f"{MODEL} was trained on data with sha256 {bundle.data_sha256}, but {SPLIT_REPORT} "
                           f"describes {split_report.get('raw_sha256')}; run `dvc repro` to retrain")
+    text_encoder = bundle.architecture.get("text_encoder")
     predict_started = time.perf_counter()
-    test_proba = predict_proba(bundle.model, splits["test"].features)
-    val_proba = predict_proba(bundle.model, splits["val"].features)
+    test_proba = predict_proba(bundle.model, model_inputs("test", splits["test"], text_encoder))
+    val_proba = predict_proba(bundle.model, model_inputs("val", splits["val"], text_encoder))
     predict_seconds = time.perf_counter() - predict_started
 
-    metrics = evaluation_metrics(splits["test"], test_proba, splits["val"], val_proba, baselines)
+    metrics_started = time.perf_counter()
+    metrics = evaluation_metrics(splits["test"], test_proba, splits["val"], val_proba, baselines,
+                                 baseline_predictions, params.evaluate.bootstrap)
+    metrics_seconds = time.perf_counter() - metrics_started
     test = splits["test"]
     predictions = prediction_table(pd.Series(test.track_ids, name=TRACK_ID), test_proba, GENRES,
                                    actual=np.asarray(GENRES)[test.labels])
@@ -103,11 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         preprocessor=preprocessor.to_dict(),
         feature_count=len(bundle.feature_names), architecture=dict(bundle.architecture), params=bundle.params,
         training=training, multi_genre_tracks=multi_genre_tracks(songs)))
-    write_json(TIMING, {"predict_s": round(predict_seconds, 3), "total_s": round(time.perf_counter() - started, 3)})
+    write_json(TIMING, {"predict_s": round(predict_seconds, 3), "metrics_s": round(metrics_seconds, 3),
+                        "total_s": round(time.perf_counter() - started, 3)})
 
-    against = ", ".join(f"{name} {scores['accuracy']:.4f}" for name, scores in baselines.items())
-    print(f"evaluate: test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['f1_macro']:.4f}"
-          + (f"; baselines: {against}" if against else ""))
+    print("\n".join(summary_lines(metrics)))
     return 0
 
 

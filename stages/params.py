@@ -66,6 +66,19 @@ class SelectParams(Strict):
         return candidates
 
 
+def known_text_fields(fields: list[str]) -> list[str]:
+    """Text fields a model may read: known, distinct, and never a playlist field."""
+    for name in fields:
+        if name in PLAYLIST_FIELDS:
+            raise ValueError(f"{name!r} is a playlist field: it determines the genre and must never be a "
+                             "model input")
+        if name not in TEXT_FIELDS:
+            raise ValueError(f"unknown text field {name!r}; text fields are {', '.join(TEXT_FIELDS)}")
+    if len(set(fields)) != len(fields):
+        raise ValueError("a field is listed twice")
+    return fields
+
+
 class TextParams(Strict):
     fields: list[str]
     buckets: Annotated[int, Field(ge=16, le=1_048_576)]
@@ -77,15 +90,7 @@ class TextParams(Strict):
     @field_validator("fields")
     @classmethod
     def _known_and_safe(cls, fields: list[str]) -> list[str]:
-        for name in fields:
-            if name in PLAYLIST_FIELDS:
-                raise ValueError(f"{name!r} is a playlist field: it determines the genre and must never be a "
-                                 "model input")
-            if name not in TEXT_FIELDS:
-                raise ValueError(f"unknown text field {name!r}; text fields are {', '.join(TEXT_FIELDS)}")
-        if len(set(fields)) != len(fields):
-            raise ValueError("a field is listed twice")
-        return fields
+        return known_text_fields(fields)
 
     @model_validator(mode="after")
     def _ngram_range(self) -> TextParams:
@@ -116,6 +121,25 @@ class EmbeddingParams(Strict):
     sigma: Annotated[float, Field(gt=0.0, le=100.0)]
 
 
+class TextEncoderParams(Strict):
+    kind: Literal["none", "gru", "lstm"]
+    fields: list[str]
+    max_chars: Annotated[int, Field(ge=1, le=512)]
+    embedding_dim: Annotated[int, Field(ge=1, le=256)]
+    hidden: Annotated[int, Field(ge=1, le=512)]
+
+    @field_validator("fields")
+    @classmethod
+    def _text_fields(cls, fields: list[str]) -> list[str]:
+        return known_text_fields(fields)
+
+    @model_validator(mode="after")
+    def _fields_to_encode(self) -> TextEncoderParams:
+        if self.kind != "none" and not self.fields:
+            raise ValueError(f"kind {self.kind} needs at least one field to encode")
+        return self
+
+
 class TrainParams(Strict):
     max_epochs: PositiveInt
     patience: PositiveInt
@@ -125,7 +149,9 @@ class TrainParams(Strict):
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)]
     hidden_sizes: Annotated[list[PositiveInt], Field(min_length=1)]
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
+    members: Annotated[int, Field(ge=1, le=64)]
     embedding: EmbeddingParams
+    text_encoder: TextEncoderParams
     schedule: Literal["plateau", "cosine", "step", "none"]
     warmup_epochs: NonNegativeInt
     step_size: PositiveInt
@@ -145,12 +171,44 @@ class TrainParams(Strict):
         return self
 
 
+SampleFraction = Annotated[float, Field(gt=0.0, le=1.0)]  # of rows or features a tree sees; 1.0: all of them
+LearningRate = Annotated[float, Field(gt=0.0, le=1.0)]
+BoostingRounds = Annotated[int, Field(ge=1, le=100_000)]
+
+
+class LightGBMParams(Strict):
+    learning_rate: LearningRate
+    num_leaves: Annotated[int, Field(ge=2, le=131_072)]
+    min_data_in_leaf: PositiveInt
+    feature_fraction: SampleFraction
+    bagging_fraction: SampleFraction
+    lambda_l2: Annotated[float, Field(ge=0.0, le=1.0e6)]
+    max_rounds: BoostingRounds
+    early_stopping_rounds: BoostingRounds
+
+
+class XGBoostParams(Strict):
+    learning_rate: LearningRate
+    max_depth: Annotated[int, Field(ge=1, le=20)]
+    min_child_weight: Annotated[float, Field(ge=0.0, le=1.0e6)]
+    subsample: SampleFraction
+    colsample_bytree: SampleFraction
+    reg_lambda: Annotated[float, Field(ge=0.0, le=1.0e6)]
+    max_rounds: BoostingRounds
+    early_stopping_rounds: BoostingRounds
+
+
+BaselineName = Literal["majority", "hist_gradient_boosting", "lightgbm", "xgboost", "random_forest"]
+
+
 class BaselinesParams(Strict):
-    models: list[Literal["majority", "hist_gradient_boosting", "random_forest"]]
+    models: list[BaselineName]
     seed: NonNegativeInt
     rf_trees: Annotated[int, Field(ge=1, le=2000)]
     threads: Annotated[int, Field(ge=1, le=256)]
     max_train_rows: PositiveInt | None
+    lightgbm: LightGBMParams
+    xgboost: XGBoostParams
 
     @field_validator("models")
     @classmethod
@@ -158,6 +216,16 @@ class BaselinesParams(Strict):
         if len(set(names)) != len(names):
             raise ValueError("a baseline is listed twice")
         return names
+
+
+class BootstrapParams(Strict):
+    resamples: Annotated[int, Field(ge=100, le=100_000)]
+    confidence: Fraction
+    seed: NonNegativeInt
+
+
+class EvaluateParams(Strict):
+    bootstrap: BootstrapParams
 
 
 class Params(Strict):
@@ -170,6 +238,7 @@ class Params(Strict):
     preprocess: PreprocessParams
     train: TrainParams
     baselines: BaselinesParams
+    evaluate: EvaluateParams
 
     @field_validator("batch_size")
     @classmethod

@@ -95,7 +95,36 @@ _BASELINE_NAMES = {
     "majority": "majority class",
     "hist_gradient_boosting": "HistGradientBoosting (scikit-learn)",
     "random_forest": "RandomForest (scikit-learn)",
+    "lightgbm": "LightGBM",
+    "xgboost": "XGBoost",
 }
+
+
+def interval_text(values: dict[str, float], signed: bool = False) -> str:
+    """`[low, high]` to 4 decimals, with a sign for a difference."""
+    sign = "+" if signed else ""
+    return f"[{values['low']:{sign}.4f}, {values['high']:{sign}.4f}]"
+
+
+def share_text(confidence: float) -> str:
+    """0.95 as `95%`, 0.999 as `99.9%`."""
+    return f"{confidence * 100:g}%"
+
+
+def results_table(metrics: dict) -> list[str]:
+    """The MLP's test scores with their bootstrap intervals, and each baseline's beside the paired difference
+    MLP − baseline with its interval. The README's results table is this table of the committed metrics."""
+    intervals = metrics["intervals"]
+    rows = [["MLP (this pipeline)", f"{metrics['accuracy']:.4f} {interval_text(intervals['accuracy'])}",
+             f"{metrics['f1_macro']:.4f} {interval_text(intervals['f1_macro'])}", "", ""]]
+    for name, scores in metrics["baselines"].items():
+        difference = scores["difference"]
+        label = _BASELINE_NAMES.get(name, name) + (", strongest" if name == metrics["strongest_baseline"] else "")
+        rows.append([label, scores["accuracy"], scores["f1_macro"],
+                     *(f"{difference[score]['estimate']:+.4f} {interval_text(difference[score], signed=True)}"
+                       for score in ("accuracy", "f1_macro"))])
+    return _table(["model", "test accuracy", "test macro-F1", "MLP − model, accuracy", "MLP − model, macro-F1"],
+                  rows)
 
 
 def _preprocessing_lines(preprocessor: dict) -> list[str]:
@@ -121,6 +150,7 @@ def model_card(*, metrics: dict, data_sha256: str, split: dict, anova: dict, pre
                feature_count: int, architecture: dict, params: dict, training: dict, multi_genre_tracks: int) -> str:
     """The model card in Markdown. Every input is a value that is the same on every run."""
     headline = [key for key in metrics["val"]]
+    settings = metrics["bootstrap"]
     splits = split.get("splits", {})
     selected = anova.get("selected", [])
     lines = [
@@ -164,7 +194,9 @@ def model_card(*, metrics: dict, data_sha256: str, split: dict, anova: dict, pre
         "Test split (validation in the last column; the model and its early stopping were chosen on "
         "validation only):",
         "",
-        *_table(["metric", "test", "validation"], [[key, metrics[key], metrics["val"][key]] for key in headline]),
+        *_table(["metric", "test", f"test, {share_text(settings['confidence'])} bootstrap interval", "validation"],
+                [[key, metrics[key], interval_text(metrics["intervals"][key]) if key in metrics["intervals"] else "",
+                  metrics["val"][key]] for key in headline]),
         "",
         "Per genre, test split:",
         "",
@@ -174,18 +206,15 @@ def model_card(*, metrics: dict, data_sha256: str, split: dict, anova: dict, pre
         "",
         "## Baselines",
         "",
-        "Fitted on the same processed training split with the same features, scored on the test split:",
+        "Fitted on the same processed training split with the same features (early stopping, where a model has "
+        "it, on the validation split), scored on the test split. In brackets: "
+        f"{share_text(settings['confidence'])} percentile bootstrap intervals over {settings['resamples']:,} resamples of "
+        f"the test songs (seed {settings['seed']}). Each difference is paired, both models scored on the same "
+        "resampled songs: an interval above 0 means the MLP is ahead on this test split, one containing 0 a "
+        "difference this split cannot tell from noise.",
         "",
-        *_table(["model", "accuracy", "macro-F1"],
-                [["MLP (this model)", metrics["accuracy"], metrics["f1_macro"]]]
-                + [[_BASELINE_NAMES[name], values["accuracy"], values["f1_macro"]]
-                   for name, values in metrics["baselines"].items()]),
+        *results_table(metrics),
         "",
-    ]
-    if "beats_baselines" in metrics:
-        verdict = "beats" if metrics["beats_baselines"] else "does not beat"
-        lines += [f"The MLP {verdict} every baseline on test accuracy.", ""]
-    lines += [
         "## Known limits",
         "",
         f"- Label noise: {multi_genre_tracks:,} tracks appear under more than one genre (the same song in "
@@ -195,7 +224,8 @@ def model_card(*, metrics: dict, data_sha256: str, split: dict, anova: dict, pre
         "attribute of the song, and playlist curators disagree.",
         "- The playlist fields (`playlist_name`, `playlist_id`, `playlist_subgenre`) determine the label and "
         "are never used as model inputs.",
-        "- The metrics come from one test split; they vary with `split.seed`.",
+        "- The metrics come from one test split; they vary with `split.seed`. The intervals measure only the "
+        "noise of which songs this test split holds, not that of the split or of training.",
         "",
     ]
     return "\n".join(lines)

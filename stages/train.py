@@ -27,8 +27,10 @@ from spotify_genre.numerics import in_effect
 from spotify_genre.preprocessor import load_preprocessor
 from spotify_genre.schema import GENRES
 from stages.artifacts import LIVE_DIR, MODEL, PREPROCESSOR, processed_path, read_processed_splits
+from stages.model_inputs import model_inputs
 from stages.params import load_params
-from stages.training import EpochMetrics, FitResult, embedding_config, fit, on_device, seed_everything
+from stages.training import (EpochMetrics, FitResult, embedding_config, fit, on_device, seed_everything,
+                             text_encoder_config)
 
 TIMING_PATH = Path("reports/timing/train.json")
 
@@ -160,11 +162,14 @@ def main(argv: list[str] | None = None) -> int:
 
     architecture = {"n_features": len(train.feature_names), "n_classes": len(GENRES),
                     "hidden_sizes": list(config.hidden_sizes), "dropout": float(config.dropout),
-                    "embedding": embedding_config(train.features, config)}
+                    "embedding": embedding_config(train.features, config), "members": config.members,
+                    "text_encoder": text_encoder_config(config)}
     model = build_mlp(**architecture).to(device)
+    inputs = {name: on_device(split, device, model_inputs(name, split, architecture["text_encoder"]))
+              for name, split in splits.items()}
     progress = _Progress(config.max_epochs)
     try:
-        result = fit(model, on_device(train, device), on_device(val, device), lr=params.lr, momentum=params.momentum,
+        result = fit(model, inputs["train"], inputs["val"], lr=params.lr, momentum=params.momentum,
                      batch_size=params.batch_size, config=config, n_classes=len(GENRES), on_epoch=progress)
     finally:
         progress.close()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from spotify_genre.errors import PipelineError
+from spotify_genre.model import log_probabilities, model_members
 from stages.artifacts import ProcessedSplit
 from stages.metrics import accuracy, macro_f1
 from stages.params import TrainParams
@@ -110,6 +111,29 @@ def embedding_config(features: np.ndarray, config: TrainParams) -> dict | None:
             "sigma": config.embedding.sigma}
 
 
+def member_loss(loss_fn: nn.CrossEntropyLoss, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The loss of one model's logits, or the sum of each ensemble member's own loss, so that each member gets
+    the gradient it would get alone (a mean would divide every member's learning rate by their number)."""
+    if logits.dim() == 2:
+        return loss_fn(logits, labels)
+    members = logits.shape[1]
+    return loss_fn(logits.flatten(0, 1), labels.repeat_interleave(members)) * members
+
+
+def combined_logits(logits: torch.Tensor) -> torch.Tensor:
+    """One model's logits as they are; an ensemble's as the log of its members' mean probabilities."""
+    return logits if logits.dim() == 2 else log_probabilities(logits)
+
+
+def text_encoder_config(config: TrainParams) -> dict | None:
+    """The architecture's `text_encoder` entry: None where train.text_encoder.kind is none."""
+    encoder = config.text_encoder
+    if encoder.kind == "none":
+        return None
+    return {"kind": encoder.kind, "fields": list(encoder.fields), "max_chars": encoder.max_chars,
+            "embedding_dim": encoder.embedding_dim, "hidden": encoder.hidden}
+
+
 def _evaluate(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
               n_classes: int) -> tuple[float, float, float]:
     """Loss, accuracy and macro-F1 in eval mode."""
@@ -118,7 +142,7 @@ def _evaluate(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
     predictions = []
     with torch.no_grad():
         for start in range(0, len(features), _EVAL_BATCH):
-            logits = model(features[start:start + _EVAL_BATCH])
+            logits = combined_logits(model(features[start:start + _EVAL_BATCH]))
             target = labels[start:start + _EVAL_BATCH]
             loss += nn.functional.cross_entropy(logits, target, reduction="sum").double()
             predictions.append(logits.argmax(dim=1))
@@ -145,6 +169,7 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
     scheduler = make_scheduler(optimizer, config)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     order = torch.Generator().manual_seed(config.seed)
+    members = model_members(model)
     bounds = batch_bounds(len(train_y), batch_size)
     batch_rows = torch.tensor([stop - start for start, stop in bounds], dtype=torch.float64, device=train_x.device)
 
@@ -162,12 +187,12 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
         losses, predictions = [], []
         for start, stop in bounds:
             logits = model(shuffled_x[start:stop])
-            loss = loss_fn(logits, shuffled_y[start:stop])
+            loss = member_loss(loss_fn, logits, shuffled_y[start:stop])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(loss.detach())
-            predictions.append(logits.detach().argmax(dim=1))
+            losses.append(loss.detach() / members)
+            predictions.append(combined_logits(logits.detach()).argmax(dim=1))
         mean_loss = (torch.stack(losses).double() @ batch_rows).item() / len(train_y)
         train_metrics = _summarise(mean_loss, torch.cat(predictions), shuffled_y, n_classes)
         train_seconds += time.perf_counter() - started
@@ -210,5 +235,8 @@ def seed_everything(seed: int, threads: int, device: torch.device) -> None:
     torch.set_num_threads(threads)
 
 
-def on_device(split: ProcessedSplit, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.tensor(split.features, device=device), torch.tensor(split.labels, device=device)
+def on_device(split: ProcessedSplit, device: torch.device,
+              features: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's features (or the model's `features` for its rows) and labels as tensors on `device`."""
+    features = split.features if features is None else features
+    return torch.tensor(features, device=device), torch.tensor(split.labels, device=device)

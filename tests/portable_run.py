@@ -2,11 +2,13 @@
 each output as JSON: the same code `dvc repro` runs, without a process (and its imports) per stage, so that it is
 affordable under CPU emulation (`qemu-x86_64 -cpu Haswell python -m tests.portable_run ...`).
 
-    python -m tests.portable_run PROJECT [--baselines FILE] [--out HASHES.json]
+    python -m tests.portable_run PROJECT [--baselines DONE] [--out HASHES.json]
 
 PROJECT holds a params.yaml (and whatever its data.source reads); the outputs land there as `dvc repro` would
-put them. --baselines copies an existing reports/baselines.json in place of running that stage (scikit-learn's
-tree models crash under qemu-user; tests/test_portability.py shows their portability another way).
+put them. --baselines copies the baselines stage's outputs from the project DONE in place of running that stage
+(scikit-learn's tree models crash under qemu-user; tests/test_portability.py shows their portability another
+way), and fits the baselines that do run there (LightGBM, XGBoost) in process instead. Either way, "peers" in the
+hashes fingerprints what the stage reports for those.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PREDICT_OUTPUT = Path("reports/predict_raw.csv")
 # Outputs of a run that are times, not results: outside Git and dvc.lock, and different every run.
 NOT_RESULTS = ("reports/timing/",)
+EMULATED_PEERS = ("lightgbm", "xgboost")  # the baselines that run under qemu-user
 
 
 def stage_outputs() -> dict[str, list[str]]:
@@ -47,6 +50,33 @@ def file_hashes(project: Path, paths: list[str]) -> dict[str, str]:
     return hashes
 
 
+def peer_fingerprints(report: dict, predictions: dict) -> dict[str, str]:
+    """sha256 of the scores, rounds and test predictions the baselines stage reports for each EMULATED_PEERS."""
+    import numpy as np
+
+    return {name: hashlib.sha256(json.dumps(report["models"][name], sort_keys=True).encode()
+                                 + np.asarray(predictions[name], dtype=np.int8).tobytes()).hexdigest()
+            for name in EMULATED_PEERS if name in report["models"]}
+
+
+def written_peers() -> dict[str, str]:
+    from stages.artifacts import BASELINES, read_baseline_predictions
+
+    return peer_fingerprints(json.loads(BASELINES.read_text()), read_baseline_predictions())
+
+
+def fitted_peers() -> dict[str, str]:
+    """EMULATED_PEERS fitted here, by the baselines stage's own code, on this project's processed splits."""
+    from stages.artifacts import read_processed_splits
+    from stages.baselines import fit_baselines
+    from stages.params import load_params
+
+    params = load_params().baselines
+    peers = [name for name in params.models if name in EMULATED_PEERS]
+    report, predictions, _ = fit_baselines(read_processed_splits(), params.model_copy(update={"models": peers}))
+    return peer_fingerprints(report, predictions)
+
+
 def run(project: Path, baselines: Path | None) -> dict[str, dict[str, str]]:
     """Run the stages in dvc.yaml's order in `project`, then predict on its raw songs; the hashes of each stage's outputs."""
     import importlib
@@ -56,13 +86,17 @@ def run(project: Path, baselines: Path | None) -> dict[str, dict[str, str]]:
     hashes: dict[str, dict[str, str]] = {}
     for name in outputs:
         if name == "baselines" and baselines is not None:
-            Path("reports").mkdir(exist_ok=True)
-            shutil.copyfile(baselines, "reports/baselines.json")
+            for path in outputs[name]:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(baselines / path, path)
+            hashes["peers"] = fitted_peers()
             continue
         code = importlib.import_module(f"stages.{name}").main([])
         if code != 0:
             raise SystemExit(f"portable_run: stage {name} exited {code}")
         hashes[name] = file_hashes(project, outputs[name])
+        if name == "baselines":
+            hashes["peers"] = written_peers()
     from spotify_genre.cli import main as predict
 
     code = predict(["data/raw/spotify_songs.csv", "-o", PREDICT_OUTPUT.as_posix(), "--top-k", "3"])
@@ -75,7 +109,8 @@ def run(project: Path, baselines: Path | None) -> dict[str, dict[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.portable_run", description=__doc__.splitlines()[0])
     parser.add_argument("project", type=Path)
-    parser.add_argument("--baselines", type=Path, help="a reports/baselines.json to use instead of running the stage")
+    parser.add_argument("--baselines", type=Path, help="a project whose baselines outputs to use instead of running "
+                                                       "that stage")
     parser.add_argument("--out", type=Path, help="write the hashes here as well as to stdout")
     args = parser.parse_args(argv)
     baselines = args.baselines.resolve() if args.baselines else None

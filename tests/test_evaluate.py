@@ -1,10 +1,12 @@
-"""The evaluate stage: metric values, the metrics file's shape, baselines, byte-stable outputs, and the DVC CLI."""
+"""The evaluate stage: metric values, the metrics file's shape, baselines and the paired bootstrap against them,
+byte-stable outputs, and one clear line for every bad input."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 import struct
 import zlib
@@ -14,15 +16,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
+from spotify_genre.errors import DataError
 from spotify_genre.preprocessor import load_preprocessor, save_preprocessor
 from spotify_genre.schema import GENRES
 from spotify_genre.synthetic import synthetic_songs
 from stages import evaluate
-from stages.artifacts import ProcessedSplit, write_processed
+from stages.artifacts import BASELINE_PREDICTIONS, ProcessedSplit, write_baseline_predictions, write_processed
 from stages.metrics import (confusion_counts, headline_metrics, label_metrics, per_class_metrics, rounded,
                             row_normalised)
 from stages.params import parse_params
 from stages.preprocessor_fit import fit_model_inputs
+from stages.report import results_table
 from tests.conftest import ROOT, default_params, with_overrides
 
 # A fixed, hand-checkable example over three classes: 10 songs, 6 right. Its confusion matrix (rows actual,
@@ -177,7 +182,7 @@ def _write_world(root: Path, params_overrides: dict) -> dict[str, ProcessedSplit
         pd.DataFrame({"step": range(6), "loss": losses}).to_csv(
             live / "plots" / "metrics" / split / "loss.tsv", sep="\t", index=False)
     (live / "metrics.json").write_text(json.dumps({"best_epoch": 3, "stopped_epoch": 5, "best_val_loss": 1.31}))
-    (root / "reports" / "baselines.json").write_text(json.dumps(BASELINE_SCORES))
+    _write_baselines(root, splits["test"])
 
     torch.manual_seed(0)
     architecture = {"n_features": len(FEATURES), "n_classes": len(GENRES), "hidden_sizes": [16], "dropout": 0.0}
@@ -203,8 +208,32 @@ def _write_world(root: Path, params_overrides: dict) -> dict[str, ProcessedSplit
     return splits
 
 
-BASELINE_SCORES = {"majority": {"accuracy": 0.18, "f1_macro": 0.05},
-                   "hist_gradient_boosting": {"accuracy": 0.61, "f1_macro": 0.6}}
+def _baseline_predictions(test: ProcessedSplit) -> pd.DataFrame:
+    """What the baselines stage writes for the test split: a majority class, and a model right on 60% of the rows."""
+    rng = np.random.default_rng(1)
+    guessed = np.where(rng.random(len(test.labels)) < 0.6, test.labels, rng.integers(0, len(GENRES), len(test.labels)))
+    return pd.DataFrame({"track_id": test.track_ids, "majority": np.full(len(test.labels), 2, dtype=np.int8),
+                         "hist_gradient_boosting": guessed.astype(np.int8)})
+
+
+def _baselines_report(test: ProcessedSplit, predictions: pd.DataFrame) -> dict:
+    """reports/baselines.json for those predictions (validation scores made up: evaluate only passes them on)."""
+    val = {"majority": {"accuracy": 0.2, "f1_macro": 0.05},
+           "hist_gradient_boosting": {"accuracy": 0.6, "f1_macro": 0.55}}
+    models = {name: {"val": val[name], "test": rounded(label_metrics(test.labels, predictions[name].to_numpy(),
+                                                                     len(GENRES))),
+                     "iterations": None if name == "majority" else 120}
+              for name in val}
+    return {"models": models, "strongest": "hist_gradient_boosting"}
+
+
+def _write_baselines(root: Path, test: ProcessedSplit) -> None:
+    predictions = _baseline_predictions(test)
+    write_baseline_predictions(root / BASELINE_PREDICTIONS, predictions["track_id"].to_numpy(),
+                               {name: predictions[name].to_numpy() for name in predictions.columns[1:]})
+    (root / "reports" / "baselines.json").write_text(json.dumps(_baselines_report(test, predictions)))
+
+
 FAST: dict = {}
 OUTPUTS = (evaluate.METRICS, evaluate.PREDICTIONS, evaluate.PER_CLASS_F1, evaluate.LOSS_PNG,
            evaluate.CONFUSION_PNG, evaluate.MODEL_CARD)
@@ -241,21 +270,51 @@ def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
 def test_stage_writes_every_output_with_the_expected_content(world, capsys):
     root, splits = world
     assert evaluate.main([]) == 0
-    assert "evaluate: test accuracy" in capsys.readouterr().out
+    out = capsys.readouterr().out.splitlines()
 
     metrics = json.loads((root / evaluate.METRICS).read_text())
     headline = ["accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "log_loss"]
-    assert list(metrics) == [*headline, "per_class", "val", "baselines", "beats_baselines"]
+    assert list(metrics) == [*headline, "intervals", "per_class", "val", "baselines", "strongest_baseline",
+                             "bootstrap"]
     assert list(metrics["val"]) == headline
     assert list(metrics["per_class"]) == list(GENRES)
     assert sum(v["support"] for v in metrics["per_class"].values()) == SIZES["test"]
-    assert metrics["baselines"] == BASELINE_SCORES
-    assert all(list(scores) == ["accuracy", "f1_macro"] for scores in metrics["baselines"].values())
-    assert metrics["beats_baselines"] == all(metrics["accuracy"] > b["accuracy"]
-                                             for b in metrics["baselines"].values())
+    assert metrics["bootstrap"] == {"resamples": 2000, "confidence": 0.95, "seed": 0}  # params.yaml's
+    report = json.loads((root / "reports/baselines.json").read_text())
+    assert metrics["strongest_baseline"] == report["strongest"] == "hist_gradient_boosting"
+    assert list(metrics["baselines"]) == list(report["models"])
+    for name, scores in metrics["baselines"].items():
+        given = report["models"][name]
+        assert scores == {"accuracy": given["test"]["accuracy"], "f1_macro": given["test"]["f1_macro"],
+                          "val_accuracy": given["val"]["accuracy"], "val_f1_macro": given["val"]["f1_macro"],
+                          "difference": scores["difference"]}
+        for score in ("accuracy", "f1_macro"):
+            difference = scores["difference"][score]
+            assert list(difference) == ["estimate", "low", "high"]
+            assert difference["estimate"] == pytest.approx(metrics[score] - scores[score], abs=2e-6)
+            assert difference["low"] <= difference["estimate"] <= difference["high"]
+    assert metrics["baselines"]["majority"]["difference"]["accuracy"]["low"] > 0.2  # far ahead of the majority
+    for score in ("accuracy", "f1_macro"):
+        assert list(metrics["intervals"][score]) == ["low", "high"]
+        assert metrics["intervals"][score]["low"] < metrics[score] < metrics["intervals"][score]["high"]
+        # 200 test songs: the interval is several points wide (about 4 standard errors of a proportion)
+        assert 0.05 < metrics["intervals"][score]["high"] - metrics["intervals"][score]["low"] < 0.2
     assert metrics["accuracy"] > 0.5  # the little MLP learned: six classes, chance is 1/6
     for value in [*[metrics[key] for key in headline], *metrics["val"].values()]:
         assert value == round(value, 6)
+    assert not _lists(metrics), "dvc metrics show/diff list only numbers under nested keys, not in lists"
+
+    def printed(values: dict, signed: str = "") -> str:
+        return f"[{values['low']:{signed}.4f}, {values['high']:{signed}.4f}]"
+
+    assert out[0] == (f"evaluate: test accuracy {metrics['accuracy']:.4f} {printed(metrics['intervals']['accuracy'])}, "
+                      f"macro-F1 {metrics['f1_macro']:.4f} {printed(metrics['intervals']['f1_macro'])} "
+                      "(95% bootstrap intervals, 2,000 resamples)")
+    assert out[1:] == [
+        f"  MLP - {name}{' (strongest)' * (name == 'hist_gradient_boosting')}: "
+        f"accuracy {difference['accuracy']['estimate']:+.4f} {printed(difference['accuracy'], '+')}, "
+        f"macro-F1 {difference['f1_macro']['estimate']:+.4f} {printed(difference['f1_macro'], '+')}"
+        for name, difference in ((name, scores["difference"]) for name, scores in metrics["baselines"].items())]
 
     predictions = pd.read_csv(root / evaluate.PREDICTIONS, keep_default_na=False)
     assert list(predictions.columns) == ["track_id", "actual", "predicted", *GENRES]
@@ -285,8 +344,20 @@ def test_stage_writes_every_output_with_the_expected_content(world, capsys):
     assert "per text field" in card and "`track_name`." in card
     assert "2 tracks appear under more than one genre" in card
     assert "| best epoch | stopped epoch | best validation loss |" in card and "| 3 | 5 | 1.3100 |" in card
-    assert f"| MLP (this model) | {metrics['accuracy']:.4f} | {metrics['f1_macro']:.4f} |" in card
-    assert f"| HistGradientBoosting (scikit-learn) | {BASELINE_SCORES['hist_gradient_boosting']['accuracy']:.4f}" in card
+    intervals = metrics["intervals"]
+    assert (f"| accuracy | {metrics['accuracy']:.4f} | [{intervals['accuracy']['low']:.4f}, "
+            f"{intervals['accuracy']['high']:.4f}] | {metrics['val']['accuracy']:.4f} |") in card
+    assert (f"| MLP (this pipeline) | {metrics['accuracy']:.4f} [{intervals['accuracy']['low']:.4f}, "
+            f"{intervals['accuracy']['high']:.4f}] | {metrics['f1_macro']:.4f} [") in card
+    hgb = metrics["baselines"]["hist_gradient_boosting"]
+    accuracy_difference, f1_difference = hgb["difference"]["accuracy"], hgb["difference"]["f1_macro"]
+    assert (f"| HistGradientBoosting (scikit-learn), strongest | {hgb['accuracy']:.4f} | {hgb['f1_macro']:.4f} | "
+            f"{accuracy_difference['estimate']:+.4f} [{accuracy_difference['low']:+.4f}, "
+            f"{accuracy_difference['high']:+.4f}] | {f1_difference['estimate']:+.4f} [{f1_difference['low']:+.4f}, "
+            f"{f1_difference['high']:+.4f}] |") in card
+    assert "| model | test accuracy | test macro-F1 | MLP − model, accuracy | MLP − model, macro-F1 |" in card
+    assert "In brackets: 95% percentile bootstrap intervals over 2,000 resamples of the test songs (seed 0)." in card
+    assert "\n".join(results_table(metrics)) in card and "beat" not in card
     for genre, values in metrics["per_class"].items():
         assert f"| {genre} | {values['precision']:.4f} | {values['recall']:.4f} |" in card
     assert "playlist_subgenre" in card and "lr: 0.1" in card
@@ -306,13 +377,31 @@ def test_stage_outputs_are_byte_identical_run_to_run(world):
     assert not any(word in (root / evaluate.MODEL_CARD).read_text().lower() for word in ("second", "elapsed"))
 
 
-def test_no_baselines_means_no_verdict():
+def _lists(value) -> bool:
+    if isinstance(value, dict):
+        return any(_lists(item) for item in value.values())
+    return isinstance(value, list)
+
+
+def test_no_baselines_means_no_comparison():
     rng = np.random.default_rng(2)
     test, val = _split("test", rng), _split("val", rng)
     proba = np.full((len(test.labels), len(GENRES)), 1 / len(GENRES))
-    metrics = evaluate.evaluation_metrics(test, proba, val, proba[: len(val.labels)], {})
-    assert metrics["baselines"] == {} and "beats_baselines" not in metrics
+    settings = parse_params(default_params()).evaluate.bootstrap
+    report = evaluate.baseline_report({"models": {}, "strongest": None})
+    metrics = evaluate.evaluation_metrics(test, proba, val, proba[: len(val.labels)], report, {}, settings)
+    assert metrics["baselines"] == {} and metrics["strongest_baseline"] is None
     assert metrics["log_loss"] == pytest.approx(np.log(len(GENRES)), abs=1e-6)
+    # every song predicted as the first genre: the interval is that of the first genre's share of the test rows
+    assert metrics["intervals"]["accuracy"]["low"] < metrics["accuracy"] < metrics["intervals"]["accuracy"]["high"]
+
+
+def test_the_majority_alone_has_no_strongest_peer_and_a_peer_must_be_named():
+    scores = {"val": {"accuracy": 0.2, "f1_macro": 0.05}, "test": {"accuracy": 0.2, "f1_macro": 0.05}}
+    assert evaluate.baseline_report({"models": {"majority": scores}, "strongest": None}).strongest is None
+    for strongest in (None, "majority"):
+        with pytest.raises(DataError, match=rf"reports/baselines.json: strongest: {strongest!r} is not one of its"):
+            evaluate.baseline_report({"models": {"majority": scores, "lightgbm": scores}, "strongest": strongest})
 
 
 @pytest.mark.parametrize("broken, message", [
@@ -320,6 +409,7 @@ def test_no_baselines_means_no_verdict():
     ("data/processed/test.parquet", "data/processed/test.parquet: not found; run `dvc repro preprocess` first"),
     ("reports/anova.json", "reports/anova.json: not found; run `dvc repro select` first"),
     ("reports/baselines.json", "reports/baselines.json: not found; run `dvc repro baselines` first"),
+    (str(BASELINE_PREDICTIONS), f"{BASELINE_PREDICTIONS}: not found; run `dvc repro baselines` first"),
     ("models/preprocessor.json", "models/preprocessor.json: not found; run `dvc repro preprocess`"),
     ("models/preprocessor.npz", "models/preprocessor.npz: not found; it holds the text arrays of "
                                 "models/preprocessor.json"),
@@ -367,11 +457,69 @@ def test_a_preprocessor_other_than_the_one_the_model_records_is_refused(world, c
     assert not (root / evaluate.METRICS).exists()
 
 
-def test_bad_params_fail_before_any_work(world, capsys):
+@pytest.mark.parametrize("key, value", [
+    ("confidence", 1.5), ("confidence", 0.0), ("resamples", 10), ("resamples", "2000"), ("seed", -1),
+    ("samples", 100),
+])
+def test_bad_bootstrap_params_fail_before_any_work_in_one_line(world, capsys, key, value):
     root, _ = world
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["baselines"]["models"] = ["majority", "xgboost"]
+    params["evaluate"]["bootstrap"][key] = value
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     assert evaluate.main([]) == 2
-    assert "baselines.models" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: params.yaml: evaluate.bootstrap.{key}: ") and err.count("\n") == 1, err
     assert not (root / evaluate.METRICS).exists()
+
+
+def _rewrite_predictions(root: Path, change) -> None:
+    frame = pd.read_parquet(root / BASELINE_PREDICTIONS)
+    change(frame).to_parquet(root / BASELINE_PREDICTIONS, index=False)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda frame: frame.iloc[::-1], r"its rows are not those of data/processed/test\.parquet"),
+    (lambda frame: frame.iloc[:-1], r"its rows are not those of data/processed/test\.parquet"),
+    (lambda frame: frame.drop(columns="track_id"), r"no 'track_id' column"),
+    (lambda frame: frame.drop(columns="majority"), r"no column for the baseline 'majority' of "
+                                                   r"reports/baselines\.json"),
+    (lambda frame: frame.assign(majority=np.int8(6)), r"column 'majority': expected class indices 0\.\.5 \(int8\)"),
+    (lambda frame: frame.assign(hist_gradient_boosting=frame["majority"]),
+     r"column 'hist_gradient_boosting' scores test accuracy 0\.\d{6}, but reports/baselines\.json says 0\.\d{6}"),
+])
+def test_a_baseline_predictions_file_that_does_not_fit_is_one_clear_line(world, capsys, change, message):
+    root, _ = world
+    _rewrite_predictions(root, change)
+    assert evaluate.main([]) == 3
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"error: {re.escape(str(BASELINE_PREDICTIONS))}: {message}; run `dvc repro baselines` "
+                        r"again\n", err), err
+    assert not (root / evaluate.METRICS).exists()
+
+
+@pytest.mark.parametrize("report, message", [
+    ({"majority": {"accuracy": 0.18, "f1_macro": 0.05}}, "models: missing key"),  # the shape before issue 15
+    ({"models": {"majority": {"val": {"accuracy": 0.2, "f1_macro": 0.1}, "test": {"accuracy": "0.2"}}},
+      "strongest": "majority"}, "models.majority.test.accuracy: "),
+    ({"models": {}, "strongest": "xgboost"}, "strongest: 'xgboost' is not one of its models"),
+])
+def test_a_baselines_report_of_another_shape_is_one_clear_line(world, capsys, report, message):
+    root, _ = world
+    (root / "reports/baselines.json").write_text(json.dumps(report))
+    assert evaluate.main([]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: reports/baselines.json: {message}") and err.count("\n") == 1, err
+    assert not (root / evaluate.METRICS).exists()
+
+
+def test_the_readme_intervals_table_is_the_committed_metrics():
+    """The README's table of intervals is results_table of the committed reports/metrics.json (the lead fills it in
+    from a run on the real data: `results_table(json.load(open("reports/metrics.json")))`)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- intervals:start -->")[1].split("<!-- intervals:end -->")[0].strip()
+    assert block.startswith("| model | test accuracy | test macro-F1 | MLP − model, accuracy |")
+    committed = ROOT / "reports" / "metrics.json"
+    metrics = json.loads(committed.read_text()) if committed.is_file() else {}
+    if "intervals" not in metrics:
+        pytest.skip("the committed reports/metrics.json predates the bootstrap: its README table is a placeholder")
+    assert block == "\n".join(results_table(metrics))

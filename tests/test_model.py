@@ -404,3 +404,75 @@ def test_bundle_file_is_a_zip_with_a_fixed_archive_name(tmp_path):
     _save(path)
     names = zipfile.ZipFile(io.BytesIO(path.read_bytes())).namelist()
     assert names and all(name.startswith("archive/") for name in names), "the temp file's name leaked in"
+
+
+# --- the ensemble (train.members) ------------------------------------------------------------------------------
+
+def _member(ensemble: nn.Module, k: int, architecture: dict = EMBEDDED) -> nn.Module:
+    """Member k of an embedded ensemble, copied into a single MLP of `architecture`."""
+    single = build_mlp(**architecture)
+    for name in ("frequencies", "weight", "bias"):
+        getattr(single.embedding, name).data.copy_(getattr(ensemble.embedding, name).data[k])
+    for layer, member_layer in zip(single.mlp, ensemble.mlp):
+        if isinstance(layer, nn.Linear):
+            layer.weight.data.copy_(member_layer.weight.data[k].T)
+            layer.bias.data.copy_(member_layer.bias.data[k])
+        elif isinstance(layer, nn.BatchNorm1d):
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(layer, name).data.copy_(getattr(member_layer, name).data.view(*member_layer.shape)[k])
+    return single
+
+
+def test_an_ensemble_is_its_members_side_by_side_with_their_probabilities_averaged():
+    torch.manual_seed(0)
+    members = 3
+    ensemble = build_mlp(**EMBEDDED, members=members).eval()
+    features = torch.randn(40, len(FEATURES))
+    with torch.no_grad():
+        logits = ensemble(features)
+    assert logits.shape == (40, members, len(CLASSES))
+    singles = [_member(ensemble, k).eval() for k in range(members)]
+    with torch.no_grad():
+        for k, single in enumerate(singles):
+            torch.testing.assert_close(logits[:, k], single(features), rtol=1e-5, atol=1e-5)
+    expected = np.mean([torch.softmax(single(features).double(), 1).detach().numpy() for single in singles], axis=0)
+    np.testing.assert_allclose(predict_proba(ensemble, features.numpy()), expected, rtol=1e-5)
+
+
+def test_batch_norm_normalises_each_member_on_its_own():
+    norm = model_module.EnsembleBatchNorm(units=2, members=3).train()
+    inputs = torch.randn(50, 3, 2) * torch.tensor([1.0, 10.0, 100.0])[None, :, None] + 5.0
+    out = norm(inputs)
+    torch.testing.assert_close(out.mean(dim=0), torch.zeros(3, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.std(dim=0, unbiased=False), torch.ones(3, 2), atol=1e-3, rtol=0)
+
+
+def test_each_member_learns_as_it_would_alone():
+    """The ensemble's loss is the sum of the members' own losses: each member's gradient is what it would be on
+    its own (a mean over members would shrink every member's step)."""
+    from stages.training import member_loss
+
+    torch.manual_seed(1)
+    members = 2
+    architecture = {**EMBEDDED, "dropout": 0.0}
+    ensemble = build_mlp(**architecture, members=members)
+    features, labels = torch.randn(16, len(FEATURES)), torch.randint(0, len(CLASSES), (16,))
+    member_loss(nn.CrossEntropyLoss(), ensemble(features), labels).backward()
+    for k in range(members):
+        single = _member(ensemble, k, architecture)
+        nn.functional.cross_entropy(single(features), labels).backward()
+        torch.testing.assert_close(ensemble.embedding.weight.grad[k], single.embedding.weight.grad, rtol=1e-4,
+                                   atol=1e-6)
+        torch.testing.assert_close(ensemble.mlp[0].weight.grad[k], single.mlp[0].weight.grad.T, rtol=1e-4,
+                                   atol=1e-6)
+
+
+def test_an_ensemble_round_trips_through_the_safe_bundle(tmp_path):
+    torch.manual_seed(0)
+    architecture = {**EMBEDDED, "members": 4}
+    model = build_mlp(**architecture).eval()
+    _save(tmp_path / "model.pt", model, architecture=architecture)
+    bundle = load_bundle(tmp_path / "model.pt", feature_names=FEATURES)
+    assert bundle.architecture["members"] == 4
+    features = np.random.default_rng(4).normal(size=(30, len(FEATURES))).astype(np.float32)
+    assert np.array_equal(predict_proba(bundle.model, features), predict_proba(model, features))

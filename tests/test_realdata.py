@@ -41,7 +41,8 @@ def test_every_stage_ran_and_the_metrics_are_real(project):
     assert 0.5 < metrics["accuracy"] < 0.9
     assert sum(values["support"] for values in metrics["per_class"].values()) == \
         json.loads((project / "reports" / "split.json").read_text())["splits"]["test"]["rows"]
-    assert set(metrics["baselines"]) == {"majority", "hist_gradient_boosting", "random_forest"}
+    assert set(metrics["baselines"]) == {"majority", "hist_gradient_boosting", "lightgbm", "xgboost"}
+    assert metrics["strongest_baseline"] in ("lightgbm", "xgboost")
 
 
 @pytest.mark.skipif(not (ROOT / "dvc.lock").is_file(), reason="no committed dvc.lock yet")
