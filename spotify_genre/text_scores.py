@@ -111,14 +111,19 @@ class TextScorer:
         return tuple(f"{self.field}_{genre}" for genre in GENRES)
 
     def probabilities(self, texts: pd.Series) -> np.ndarray:
-        """(rows, classes) posterior genre probabilities, before standardising."""
-        out = np.empty((len(texts), len(GENRES)))
+        """(rows, classes) posterior genre probabilities, before standardising.
+
+        Each distinct text is scored once (an album's name repeats on every one of its tracks): a row's score
+        depends on its text alone, so the bytes are those of scoring every row."""
+        codes, distinct = pd.factorize(texts.astype(object).where(texts.notna(), ""))
+        distinct = pd.Series(distinct, dtype=object)
+        out = np.empty((len(distinct), len(GENRES)))
         idf, table = self.idf.astype(np.float64), self.log_likelihood.astype(np.float64)
         prior = np.array(self.log_prior)
-        for part in row_chunks(len(texts)):
-            counts = ngram_counts(texts.iloc[part], self.buckets, self.ngram_min, self.ngram_max)
+        for part in row_chunks(len(distinct)):
+            counts = ngram_counts(distinct.iloc[part], self.buckets, self.ngram_min, self.ngram_max)
             out[part] = posterior(weighted(counts, idf), table, prior)
-        return out
+        return out[codes]
 
     def transform(self, texts: pd.Series) -> np.ndarray:
         """(rows, classes) standardised scores of new songs."""
