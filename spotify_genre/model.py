@@ -155,15 +155,19 @@ def log_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(torch.log_softmax(logits, dim=2), dim=1) - math.log(logits.shape[1])
 
 
+def _output_bias(model: nn.Module) -> torch.Tensor:
+    """The last layer's bias: (classes,) for one MLP, (members, classes) for an ensemble."""
+    return [module for module in model.modules() if isinstance(module, (nn.Linear, EnsembleLinear))][-1].bias
+
+
 def model_members(model: nn.Module) -> int:
     """How many ensemble members the model has (1 for a single MLP)."""
-    last = [module for module in model.modules() if isinstance(module, (nn.Linear, EnsembleLinear))][-1]
-    return 1 if isinstance(last, nn.Linear) else last.bias.shape[0]
+    bias = _output_bias(model)
+    return 1 if bias.dim() == 1 else bias.shape[0]
 
 
 def _n_classes(model: nn.Module) -> int:
-    last = [module for module in model.modules() if isinstance(module, (nn.Linear, EnsembleLinear))][-1]
-    return last.out_features if isinstance(last, nn.Linear) else last.bias.shape[1]
+    return _output_bias(model).shape[-1]
 
 
 def predict_proba(model: nn.Module, features: np.ndarray, device: torch.device | None = None,

@@ -127,11 +127,7 @@ def combined_logits(logits: torch.Tensor) -> torch.Tensor:
 
 def text_encoder_config(config: TrainParams) -> dict | None:
     """The architecture's `text_encoder` entry: None where train.text_encoder.kind is none."""
-    encoder = config.text_encoder
-    if encoder.kind == "none":
-        return None
-    return {"kind": encoder.kind, "fields": list(encoder.fields), "max_chars": encoder.max_chars,
-            "embedding_dim": encoder.embedding_dim, "hidden": encoder.hidden}
+    return None if config.text_encoder.kind == "none" else config.text_encoder.model_dump()
 
 
 def _evaluate(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
