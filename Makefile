@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install repro test test-fast test-install sweep bench lock clean help
+.PHONY: install repro test test-fast test-install sweep tune bench lock clean help
 
 help:
 	@echo "make repro      set up .venv and run the DVC pipeline (dvc repro)"
@@ -13,6 +13,7 @@ help:
 	@echo "make test-fast  unit tests only (no dvc end-to-end runs)"
 	@echo "make test-install  pip install . into a fresh venv: predict works, no pipeline packages (minutes)"
 	@echo "make sweep      queue and run the default hyperparameter grid, then compare"
+	@echo "make tune       run the Optuna study of tuning.yaml on data/processed/ (TUNE_WORKERS=2 processes)"
 	@echo "make bench      measure pipeline speed and write reports/bench.json"
 	@echo "make lock       re-resolve dependencies into requirements/constraints.txt"
 
@@ -22,7 +23,7 @@ $(BIN)/python:
 # Reinstalled whenever the declared or locked dependencies change.
 $(STAMP): pyproject.toml requirements/constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24,<27"
-	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[pipeline,dev,dask]'
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[pipeline,dev,dask,tune]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -57,12 +58,19 @@ sweep: $(STAMP)
 	  --drop '.*' --keep '$(SWEEP_COLUMNS)'; \
 	if [ -n "$$failed" ]; then echo "make sweep: failed:" $$failed "(logs above)" >&2; exit 1; fi
 
+# The study of tuning.yaml (docs/tuning.md) on the pipeline's own processed splits, which it brings up to date first.
+# Killed and started again, it continues; e.g. make tune TUNE_ARGS="--trials 100 --storage postgresql://host/db"
+TUNE_WORKERS ?= 2
+tune: $(STAMP)
+	$(BIN)/dvc repro preprocess
+	$(BIN)/spotify-genre tune --workers $(TUNE_WORKERS) $(TUNE_ARGS)
+
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lock: | $(BIN)/python
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/python -m pip install --quiet -e '.[pipeline,dev,dask]'
+	.lock-venv/bin/python -m pip install --quiet -e '.[pipeline,dev,dask,tune]'
 	.lock-venv/bin/python -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > requirements/constraints.txt
 	rm -rf .lock-venv
 

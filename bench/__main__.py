@@ -14,7 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import cuda, numerics, pipeline, prediction, report, scaling, training
+from bench import cuda, numerics, pipeline, prediction, report, scaling, training, tuning
 from bench.context import Context
 from bench.machine import describe, load_average
 from bench.measure import BenchError
@@ -27,6 +27,7 @@ SECTIONS = {
     "scaling": scaling.measure,
     "predict": prediction.measure,
     "catalogue": prediction.measure_catalogue,
+    "tuning": tuning.measure,
     "cuda": cuda.measure,
 }
 RUNS = 3
@@ -40,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                "a plain DataLoader), numerics (the train loop with and without the numerics pin), scaling (1x/10x/100x "
                "synthetic rows: time and peak memory per stage), predict "
                "(100,000 rows), catalogue (predict streamed over 100k, 1M and 10M songs; CSV, .csv.gz and "
-               "Parquet), cuda (CPU against GPU; skipped without one). --only merges its sections into the "
+               "Parquet), tuning (`spotify-genre tune`, 50 trials on 2 workers, once), cuda (CPU against GPU; "
+               "skipped without one). --only merges its sections into the "
                "existing report.")
     parser.add_argument("--quick", action="store_true",
                         help="one run each and small sizes, for trying the harness; writes to reports/bench/ unless "

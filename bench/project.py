@@ -13,7 +13,7 @@ import yaml
 from bench.measure import BenchError, Run, child_env, python, run, tool
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("stages", "spotify_genre", "dvc.yaml", "params.yaml", ".gitignore")
+PROJECT_FILES = ("stages", "spotify_genre", "dvc.yaml", "params.yaml", "tuning.yaml", ".gitignore")
 REAL_ROWS = 32_833
 REAL_ZIP_CANDIDATES = (
     ROOT / "data" / "external" / "30000-spotify-songs.zip",

@@ -1,4 +1,5 @@
-"""The `spotify-genre` command: `predict` gives genres for new songs, from a model bundle and its preprocessor."""
+"""The `spotify-genre` command: `predict` gives genres for new songs, from a model bundle and its preprocessor;
+`tune` (from a clone, with the tune extra) runs an Optuna study over the MLP (stages/tune.py)."""
 
 from __future__ import annotations
 
@@ -72,7 +73,20 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--dask", metavar="ADDRESS", default=None,
                          help="for shards: predict each shard as a task on this Dask scheduler (tcp://host:port), "
                               "or on local[:N] worker processes on 127.0.0.1; needs the dask extra")
+    commands.add_parser("tune", add_help=False,
+                        help="an Optuna study over the MLP's hyperparameters, from the root of a clone "
+                             "(`spotify-genre tune --help`, docs/tuning.md)")
     return parser
+
+
+def _tune(argv: list[str]) -> NoReturn:
+    """`spotify-genre tune` trains, so it lives beside the training code in a clone's stages/, which is not
+    installed: this process becomes the clone's `python -m stages.tune`, as `git foo` becomes `git-foo`."""
+    if not (Path.cwd() / "stages" / "tune.py").is_file():
+        raise ParamsError("spotify-genre tune trains on a clone's data/processed/ with its stages/: run it from the "
+                          "root of a clone of the project")
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "stages.tune", *argv])
 
 
 def _positive(text: str) -> int:
@@ -110,6 +124,8 @@ def _predict_shards(args, settings: Settings, predictor: Predictor, pool: Pool |
 @exits_cleanly
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "tune":
+        return _tune(argv[1:])
     if not argv or argv[0] not in ("predict", "-h", "--help"):
         argv.insert(0, "predict")
     args = _parser().parse_args(argv)

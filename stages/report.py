@@ -26,7 +26,7 @@ def per_class_f1_csv(per_class: dict[str, dict[str, Any]]) -> str:
     return frame.to_csv(index=False, lineterminator="\n", float_format="%.6f")
 
 
-def _save_png(path, figure: Figure) -> None:
+def save_png(path, figure: Figure) -> None:
     FigureCanvasAgg(figure)
     write_with(path, lambda tmp: figure.savefig(tmp, format="png", dpi=FIGURE_DPI, metadata=PNG_METADATA))
 
@@ -70,11 +70,11 @@ def confusion_figure(normalised: np.ndarray, class_names: Sequence[str]) -> Figu
 
 
 def write_loss_png(path, train: pd.DataFrame, val: pd.DataFrame, best_epoch: int | None = None) -> None:
-    _save_png(path, loss_figure(train, val, best_epoch))
+    save_png(path, loss_figure(train, val, best_epoch))
 
 
 def write_confusion_png(path, normalised: np.ndarray, class_names: Sequence[str]) -> None:
-    _save_png(path, confusion_figure(normalised, class_names))
+    save_png(path, confusion_figure(normalised, class_names))
 
 
 def _number(value: Any) -> str:
@@ -85,7 +85,7 @@ def _number(value: Any) -> str:
     return str(value)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(_number(cell) for cell in row) + " |" for row in rows]
     return lines
@@ -123,7 +123,7 @@ def results_table(metrics: dict) -> list[str]:
         rows.append([label, scores["accuracy"], scores["f1_macro"],
                      *(f"{difference[score]['estimate']:+.4f} {interval_text(difference[score], signed=True)}"
                        for score in ("accuracy", "f1_macro"))])
-    return _table(["model", "test accuracy", "test macro-F1", "MLP − model, accuracy", "MLP − model, macro-F1"],
+    return markdown_table(["model", "test accuracy", "test macro-F1", "MLP − model, accuracy", "MLP − model, macro-F1"],
                   rows)
 
 
@@ -165,7 +165,7 @@ def model_card(*, metrics: dict, data_sha256: str, split: dict, anova: dict, pre
         f"- Split grouped by `{split.get('group_by', 'track_id')}` (no group in two splits), by a stable hash of "
         f"the group and seed {split.get('seed', '?')}.",
         "",
-        *_table(["split", "rows", "tracks"],
+        *markdown_table(["split", "rows", "tracks"],
                 [[name, values["rows"], values["tracks"]] for name, values in splits.items()]),
         "",
         f"- Selected features ({len(selected)} of {len(anova.get('features', selected))} candidates, by a one-way "
@@ -185,7 +185,7 @@ def model_card(*, metrics: dict, data_sha256: str, split: dict, anova: dict, pre
         "",
         "## Training",
         "",
-        *_table(["best epoch", "stopped epoch", "best validation loss"],
+        *markdown_table(["best epoch", "stopped epoch", "best validation loss"],
                 [[training.get("best_epoch", "?"), training.get("stopped_epoch", "?"),
                   training.get("best_val_loss", "?")]]),
         "",
@@ -194,13 +194,13 @@ def model_card(*, metrics: dict, data_sha256: str, split: dict, anova: dict, pre
         "Test split (validation in the last column; the model and its early stopping were chosen on "
         "validation only):",
         "",
-        *_table(["metric", "test", f"test, {share_text(settings['confidence'])} bootstrap interval", "validation"],
+        *markdown_table(["metric", "test", f"test, {share_text(settings['confidence'])} bootstrap interval", "validation"],
                 [[key, metrics[key], interval_text(metrics["intervals"][key]) if key in metrics["intervals"] else "",
                   metrics["val"][key]] for key in headline]),
         "",
         "Per genre, test split:",
         "",
-        *_table(["genre", "precision", "recall", "F1", "support"],
+        *markdown_table(["genre", "precision", "recall", "F1", "support"],
                 [[genre, v["precision"], v["recall"], v["f1"], v["support"]]
                  for genre, v in metrics["per_class"].items()]),
         "",

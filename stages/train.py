@@ -29,8 +29,7 @@ from spotify_genre.schema import GENRES
 from stages.artifacts import LIVE_DIR, MODEL, PREPROCESSOR, processed_path, read_processed_splits
 from stages.model_inputs import model_inputs
 from stages.params import load_params
-from stages.training import (EpochMetrics, FitResult, embedding_config, fit, on_device, seed_everything,
-                             text_encoder_config)
+from stages.training import EpochMetrics, FitResult, fit, model_architecture, on_device, seed_everything
 
 TIMING_PATH = Path("reports/timing/train.json")
 
@@ -160,10 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         raise DataError(f"{processed_path('train')}: at least 2 rows are needed to train, found {len(train.labels)}")
     preprocessor, data_sha256 = _preprocessor_reference()
 
-    architecture = {"n_features": len(train.feature_names), "n_classes": len(GENRES),
-                    "hidden_sizes": list(config.hidden_sizes), "dropout": float(config.dropout),
-                    "embedding": embedding_config(train.features, config), "members": config.members,
-                    "text_encoder": text_encoder_config(config)}
+    architecture = model_architecture(train, config)
     model = build_mlp(**architecture).to(device)
     inputs = {name: on_device(split, device, model_inputs(name, split, architecture["text_encoder"]))
               for name, split in splits.items()}

@@ -19,6 +19,7 @@ from torch import nn
 
 from spotify_genre.errors import PipelineError
 from spotify_genre.model import log_probabilities, model_members
+from spotify_genre.schema import GENRES
 from stages.artifacts import ProcessedSplit
 from stages.metrics import accuracy, macro_f1
 from stages.params import TrainParams
@@ -128,6 +129,14 @@ def combined_logits(logits: torch.Tensor) -> torch.Tensor:
 def text_encoder_config(config: TrainParams) -> dict | None:
     """The architecture's `text_encoder` entry: None where train.text_encoder.kind is none."""
     return None if config.text_encoder.kind == "none" else config.text_encoder.model_dump()
+
+
+def model_architecture(train: ProcessedSplit, config: TrainParams) -> dict:
+    """The bundle's `architecture`, build_mlp()'s arguments, for a model trained on `train` under `config`."""
+    return {"n_features": len(train.feature_names), "n_classes": len(GENRES),
+            "hidden_sizes": list(config.hidden_sizes), "dropout": float(config.dropout),
+            "embedding": embedding_config(train.features, config), "members": config.members,
+            "text_encoder": text_encoder_config(config)}
 
 
 def _evaluate(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,

@@ -21,7 +21,7 @@ REAL_ZIP_CANDIDATES = (
     ROOT.parent / "shared" / "data" / "spotify_songs.zip",
 )
 REAL_CSV_SHA256 = "9902920cfe4940f0914ebb6716801a42f7f19ac88fbd6693eaae7e2822b16845"
-PROJECT_FILES = ("stages", "spotify_genre", "dvc.yaml", "params.yaml", ".gitignore")
+PROJECT_FILES = ("stages", "spotify_genre", "dvc.yaml", "params.yaml", "tuning.yaml", ".gitignore")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,0 +1,382 @@
+"""`spotify-genre tune`: an Optuna study on the synthetic pipeline's processed splits, with real SQLite storages,
+real worker processes, a real SIGKILL, and the best trials run through the real `dvc exp run`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from stages import tune
+from stages.tuning_space import dvc_overrides, load_settings, search_space
+from tests.conftest import BIN, ROOT, copy_project, run, tool_env
+
+# The heartbeat and its retry callback, which these tests exercise, are marked experimental in Optuna.
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+SMALL_SPACE = {
+    "lr": {"low": 0.01, "high": 0.2, "log": True},
+    "momentum": {"low": 0.8, "high": 0.95},
+    "batch_size": {"choices": [64, 128]},
+    "train.weight_decay": {"low": 1.0e-5, "high": 1.0e-3, "log": True},
+    "train.dropout": {"low": 0.0, "high": 0.3},
+    "train.hidden_sizes": {"choices": [[16], [32, 16]]},
+    "train.embedding.frequencies": {"low": 2, "high": 4, "step": 2},
+    "train.embedding.sigma": {"low": 0.05, "high": 0.5, "log": True},
+    "train.max_epochs": {"low": 2, "high": 3},
+}
+SMALL_STUDY = {"study": "small", "trials": 4, "seed": 0, "storage": "sqlite:///tuning/optuna.db",
+               "heartbeat_seconds": 1, "pruner": {"kind": "none", "startup_trials": 0, "warmup_epochs": 0},
+               "space": SMALL_SPACE}
+
+
+def write_study(folder: Path, **changes) -> dict:
+    settings = {**SMALL_STUDY, **changes}
+    (folder / "tuning.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    return settings
+
+
+def write_params(folder: Path, overrides: dict) -> None:
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def workdir(synthetic_pipeline: Path, tmp_path: Path, monkeypatch) -> Path:
+    """params.yaml and data/processed/ of the synthetic pipeline, and nothing else: what a study reads."""
+    folder = tmp_path / "tune"
+    (folder / "data").mkdir(parents=True)
+    shutil.copy(synthetic_pipeline / "params.yaml", folder / "params.yaml")
+    shutil.copytree(synthetic_pipeline / "data" / "processed", folder / "data" / "processed")
+    write_study(folder)
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def study_of(folder: Path, name: str = "small") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'tuning' / 'optuna.db'}")
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def tune_here(args: list[str], capsys) -> tuple[int, str, str]:
+    code = tune.main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def child_env() -> dict[str, str]:
+    return tool_env(PYTHONPATH=str(ROOT))
+
+
+def test_a_study_writes_its_table_and_figures_and_scores_on_validation_only(workdir, capsys):
+    test_split = workdir / "data" / "processed" / "test.parquet"
+    test_split.unlink()  # a study never reads it
+
+    code, out, err = tune_here([], capsys)
+
+    assert code == 0, err
+    study = study_of(workdir)
+    trials = finished(study)
+    assert len(trials) == 4 and all(trial.state == TrialState.COMPLETE for trial in trials)
+    assert len(re.findall(r"^trial \d: complete in", out, flags=re.MULTILINE)) == 4
+    table = pd.read_csv(workdir / "reports" / "tuning.csv")
+    assert list(table["trial"]) == sorted(range(4), key=lambda n: study.trials[n].value)
+    best = study.best_trial
+    assert table.iloc[0]["val_loss"] == best.value == best.user_attrs["val_loss"]
+    assert set(SMALL_SPACE) <= set(table.columns)
+    assert table["train.hidden_sizes"].isin(["[16]", "[32, 16]"]).all()
+    report = (workdir / "reports" / "tuning.md").read_text()
+    assert f"## Best trial: {best.number}" in report and "4 finished of 4 planned" in report
+    for figure in ("optimization_history", "param_importances", "parallel_coordinate"):
+        assert (workdir / "reports" / "tuning" / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert study.user_attrs["objective"] == "val_loss"
+
+
+def test_one_worker_and_one_seed_give_the_same_trials(workdir, capsys):
+    assert tune_here([], capsys)[0] == 0
+    assert tune_here(["--storage", "sqlite:///tuning/again.db"], capsys)[0] == 0
+    again = optuna.load_study(study_name="small", storage=f"sqlite:///{workdir / 'tuning' / 'again.db'}")
+
+    first = [(trial.params, trial.value) for trial in study_of(workdir).trials]
+    assert first == [(trial.params, trial.value) for trial in again.trials]
+    assert tune_here(["--storage", "sqlite:///tuning/other.db", "--seed", "1"], capsys)[0] == 0
+    other = optuna.load_study(study_name="small", storage=f"sqlite:///{workdir / 'tuning' / 'other.db'}")
+    assert [trial.params for trial in other.trials] != [params for params, _ in first]
+
+
+def test_a_restarted_study_does_only_what_is_left(workdir, capsys):
+    assert tune_here(["--trials", "2"], capsys)[0] == 0
+    code, out, _ = tune_here(["--trials", "3"], capsys)
+
+    assert code == 0 and "2 of 3 planned trials finished" in out
+    assert re.findall(r"^trial (\d+):", out, flags=re.MULTILINE) == ["2"]
+    assert len(finished(study_of(workdir))) == 3
+
+
+def test_pruning_stops_trials_in_a_hopeless_region(workdir, capsys):
+    """An lr of 1e-6 learns nothing in 10 epochs; the median pruner stops such trials once the others have shown
+    what a loss at each epoch can be."""
+    space = {"lr": {"choices": [1.0e-6, 0.05]}, "train.dropout": {"low": 0.0, "high": 0.2},
+             "train.max_epochs": {"choices": [10]}}
+    write_study(workdir, trials=10, space=space,
+                pruner={"kind": "median", "startup_trials": 2, "warmup_epochs": 2})
+    write_params(workdir, {"train.patience": 100})
+
+    assert tune_here([], capsys)[0] == 0
+
+    trials = finished(study_of(workdir))
+    hopeless = [trial for trial in trials[2:] if trial.params["lr"] == 1.0e-6]
+    assert len(trials) == 10 and hopeless
+    assert all(trial.state == TrialState.PRUNED and trial.user_attrs["epochs"] == 2 for trial in hopeless), \
+        "each hopeless trial after the first two is stopped at the first epoch the pruner may"
+    pruned = [trial for trial in trials if trial.state == TrialState.PRUNED]
+    assert all(2 <= trial.user_attrs["epochs"] < 10 for trial in pruned)
+    saved = sum(10 - trial.user_attrs["epochs"] for trial in pruned)
+    report = (workdir / "reports" / "tuning.md").read_text()
+    assert f"at most {saved} epochs saved" in report
+
+
+def test_two_workers_finish_one_study_with_no_trial_lost_or_run_twice(workdir):
+    write_study(workdir, trials=6)
+    result = run([sys.executable, "-m", "stages.tune", "--workers", "2"], workdir, env=child_env())
+
+    study = study_of(workdir)
+    assert [trial.state for trial in study.trials] == [TrialState.COMPLETE] * 6
+    ran = re.findall(r"^\[worker (\d)\] trial (\d+): complete", result.stdout, flags=re.MULTILINE)
+    assert sorted(int(number) for _, number in ran) == list(range(6)), "each trial run exactly once"
+    assert {worker for worker, _ in ran} == {"1", "2"}, "both workers ran trials"
+    assert len({json.dumps(trial.params, sort_keys=True) for trial in study.trials}) == 6, "no params drawn twice"
+
+
+def _wait_for(condition, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            out, err = process.communicate()
+            pytest.fail(f"the study ended first, exit {process.returncode}\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            pytest.fail("timed out waiting for the study")
+        time.sleep(0.2)
+
+
+def _workers(pid: int) -> list[int]:
+    """The spawned worker processes of `pid` (not multiprocessing's resource tracker)."""
+    children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [child for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status  # a zombie has stopped; reaping it is its new parent's business
+
+
+def test_a_study_killed_mid_trial_continues_and_completes_its_planned_trials(workdir):
+    """SIGKILL to `tune --workers 2` mid-trial: its workers stop too, and the next `tune` fails the trials they
+    left running once their heartbeat lapses, runs them again with the same params, and completes the study."""
+    write_study(workdir, space={**SMALL_SPACE, "train.max_epochs": {"choices": [60]}})
+    write_params(workdir, {"train.patience": 100})
+    command = [sys.executable, "-m", "stages.tune"]
+    process = subprocess.Popen([*command, "--workers", "2"], cwd=workdir, env=child_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+
+    def mid_trial() -> bool:
+        """A trial complete and another part-way; read without Optuna, which would create the tables itself."""
+        try:
+            with sqlite3.connect(f"file:{workdir / 'tuning' / 'optuna.db'}?mode=ro", uri=True) as database:
+                states = [state for (state,) in database.execute("SELECT state FROM trials")]
+                reported = database.execute("SELECT COUNT(*) FROM trial_intermediate_values JOIN trials USING "
+                                            "(trial_id) WHERE trials.state = 'RUNNING'").fetchone()[0]
+        except sqlite3.OperationalError:  # not created yet, or being written
+            return False
+        return "COMPLETE" in states and reported > 0
+
+    try:
+        _wait_for(mid_trial, process)
+        workers = _workers(process.pid)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+    assert len(workers) == 2
+    deadline = time.monotonic() + 10
+    while not all(_gone(pid) for pid in workers):
+        assert time.monotonic() < deadline, "the workers outlived their killed parent"
+        time.sleep(0.2)
+    killed = [t for t in study_of(workdir).trials if t.state == TrialState.RUNNING]
+    assert killed
+
+    result = run(command, workdir, env=child_env())
+
+    trials = study_of(workdir).trials
+    assert len(finished(study_of(workdir))) == 4
+    for trial in killed:
+        assert trials[trial.number].state == TrialState.FAIL, "a killed trial is failed once its heartbeat lapses"
+        retried = [t for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
+                   == trial.number]
+        assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+        assert retried[0].params == trial.params, "run again with the same params"
+        assert f"trial {retried[0].number}: complete" in result.stdout
+
+
+@pytest.mark.e2e
+def test_the_best_trials_become_dvc_experiments_with_test_metrics(synthetic_pipeline, tmp_path):
+    project = copy_project(synthetic_pipeline, tmp_path / "project")
+    write_study(project)
+    tool = [str(BIN / "spotify-genre"), "tune"]
+    run(tool, project)
+    study = study_of(project)
+    best = study.best_trial
+
+    applied = run([*tool, "--apply"], project)
+
+    assert f"trial {best.number} (val loss" in applied.stdout
+    name = f"small-trial-{best.number}"
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    revs = {rev.get("name"): rev["data"] for commit in shown for exp in commit.get("experiments") or []
+            for rev in exp["revs"]}
+    assert name in revs
+    params = revs[name]["params"]["params.yaml"]["data"]
+    values = search_space(load_settings(project / "tuning.yaml"), yaml.safe_load((project / "params.yaml").read_text()),
+                          ).decode(best.params)
+    for dotted, value in values.items():
+        node = params
+        for key in dotted.split("."):
+            node = node[key]
+        assert node == value, dotted
+    live = revs[name]["metrics"]["dvclive/metrics.json"]["data"]
+    assert live["best_val_loss"] == best.value, "the experiment reproduces the trial to the last bit"
+    assert "accuracy" in revs[name]["metrics"]["reports/metrics.json"]["data"]
+
+    queued = run([*tool, "--queue", "3"], project)
+    assert f"trial {best.number}: already the experiment {name}" in queued.stdout
+    assert queued.stdout.count("dvc exp run --queue") == 2
+    status = run(["dvc", "queue", "status"], project).stdout
+    ranked = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: (t.value, t.number))
+    assert ranked[0].number == best.number
+    for trial in ranked[1:3]:
+        assert re.search(rf"small-trial-{trial.number}\s.*Queued", status)
+    run(["dvc", "queue", "remove", "--queued"], project)
+
+
+def test_dvc_overrides_keep_floats_floats_for_every_yaml_loader():
+    overrides = dvc_overrides({"lr": 1e-05, "momentum": 0.9, "batch_size": 256, "train.hidden_sizes": [256, 128],
+                               "train.embedding.sigma": 0.123456789012345})
+    assert overrides == ["lr=1.0e-05", "momentum=0.9", "batch_size=256", "train.hidden_sizes=[256,128]",
+                         "train.embedding.sigma=0.123456789012345"]
+    assert yaml.safe_load("lr: 1.0e-05")["lr"] == 1e-05
+
+
+BAD_SPACES = {
+    "unknown key": ({"train.dropuot": {"low": 0.0, "high": 0.2}}, "space.train.dropuot: not a key of params.yaml"),
+    "earlier stage": ({"split.seed": {"choices": [1, 2]}}, "space.split.seed: not tuned in-process"),
+    "a section": ({"train.embedding": {"choices": [1]}}, "space.train.embedding: a section of params.yaml"),
+    "empty range": ({"lr": {"low": 0.3, "high": 0.01}}, "space.lr: low 0.3 is above high 0.01: an empty range"),
+    "empty choices": ({"batch_size": {"choices": []}}, "space.batch_size: choices:"),
+    "refused value": ({"train.dropout": {"low": 0.0, "high": 1.5}},
+                      "space.train.dropout: high 1.5: params.yaml would refuse it"),
+    "range of a list": ({"train.hidden_sizes": {"low": 1, "high": 2}},
+                        "space.train.hidden_sizes: params.yaml holds [128, 64] there, not a number"),
+    "float bounds for an int": ({"batch_size": {"low": 32.5, "high": 64}},
+                                "space.batch_size: an integer parameter needs whole-number low, high and step"),
+    "log of zero": ({"train.dropout": {"low": 0.0, "high": 0.2, "log": True}}, "a log range needs low above 0"),
+    "typo in a spec": ({"lr": {"low": 0.01, "hihg": 0.2}}, "space.lr: high: missing key"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SPACES))
+def test_a_bad_search_space_is_one_line_and_leaves_the_study_untouched(case, workdir, capsys):
+    assert tune_here(["--trials", "1"], capsys)[0] == 0
+    space, message = BAD_SPACES[case]
+    write_study(workdir, space=space)
+
+    code, out, err = tune_here(["--trials", "2"], capsys)
+
+    assert code == 2
+    assert err.startswith("error: tuning.yaml: ") and message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert len(study_of(workdir).trials) == 1
+
+
+def test_a_changed_space_or_missing_data_leave_the_study_untouched(workdir, capsys):
+    assert tune_here(["--trials", "1"], capsys)[0] == 0
+    write_study(workdir, space={**SMALL_SPACE, "lr": {"low": 0.02, "high": 0.2}})
+    code, _, err = tune_here(["--trials", "2"], capsys)
+    assert code == 7 and "study 'small' in sqlite:///tuning/optuna.db was run with another search space" in err
+
+    write_study(workdir)
+    shutil.rmtree(workdir / "data" / "processed")
+    code, _, err = tune_here(["--trials", "2"], capsys)
+    assert code == 3 and "data/processed/train.parquet: not found; run `dvc repro preprocess` first" in err
+    assert err.count("\n") == 1 and len(study_of(workdir).trials) == 1
+
+
+def test_storages_that_cannot_be_opened_never_show_their_password(workdir, capsys):
+    (workdir / "garbage.db").write_bytes(b"not a database at all" * 100)
+    cases = {
+        "sqlite:///garbage.db": "--storage sqlite:///garbage.db: cannot be opened (",
+        "postgresql://tuner:s3cret-pw@127.0.0.1:1/optuna": "--storage postgresql://tuner:***@127.0.0.1:1/optuna: "
+                                                           "cannot be opened (",
+        "not a url": "--storage not a url: not a database URL",
+    }
+    for url, message in cases.items():
+        code, out, err = tune_here(["--storage", url], capsys)
+        assert code == 7 and message in err, err
+        assert err.count("\n") == 1 and "s3cret" not in out + err and "Traceback" not in err
+    assert (workdir / "garbage.db").read_bytes() == b"not a database at all" * 100
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "0"], "argument --workers: expected 1 or more, got 0"),
+    (["--trials", "many"], "argument --trials: expected a whole number, got 'many'"),
+    (["--apply", "--queue", "2"], "argument --queue: not allowed with argument --apply"),
+])
+def test_usage_errors(args, message, workdir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        tune.main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_apply_needs_a_complete_trial_and_a_project(workdir, capsys):
+    code, _, err = tune_here(["--apply"], capsys)
+    assert code == 2 and "no dvc.yaml here" in err
+    (workdir / "dvc.yaml").write_text("stages: {}\n")
+    code, _, err = tune_here(["--apply"], capsys)
+    assert code == 7 and "no study named 'small'" in err
+
+
+def test_the_console_script_runs_tune_from_a_clone_and_says_where_it_does_not(workdir, tmp_path):
+    outside = run([str(BIN / "spotify-genre"), "tune"], tmp_path, check=False)
+    assert outside.returncode == 2
+    assert outside.stderr == ("error: spotify-genre tune trains on a clone's data/processed/ with its stages/: run "
+                              "it from the root of a clone of the project\n")
+    shutil.copytree(ROOT / "stages", workdir / "stages")
+    shutil.copytree(ROOT / "spotify_genre", workdir / "spotify_genre")
+    inside = run([str(BIN / "spotify-genre"), "tune", "--trials", "1"], workdir)
+    assert "trial 0: complete" in inside.stdout
+    helped = run([str(BIN / "spotify-genre"), "--help"], workdir)
+    assert "tune" in helped.stdout
