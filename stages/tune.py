@@ -249,8 +249,6 @@ def _require_optuna() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _require_optuna()
-    import optuna
-
     _quiet_optuna()
     settings = _settings(args)
     raw = read_yaml(PARAMS_FILE, "params.yaml")

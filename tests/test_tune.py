@@ -4,7 +4,6 @@ real worker processes, a real SIGKILL, and the best trials run through the real 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -380,3 +379,10 @@ def test_the_console_script_runs_tune_from_a_clone_and_says_where_it_does_not(wo
     assert "trial 0: complete" in inside.stdout
     helped = run([str(BIN / "spotify-genre"), "--help"], workdir)
     assert "tune" in helped.stdout
+
+
+def test_without_optuna_it_names_the_extra_to_install(workdir, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now fails as if it were not installed
+    code, out, err = tune_here([], capsys)
+    assert code == 2 and out == ""
+    assert err == "error: spotify-genre tune needs Optuna: pip install -e '.[tune]' (or `make install`)\n"
