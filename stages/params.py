@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, field_validator, model_validator
@@ -254,20 +254,25 @@ def parse_params(raw: object, source: str = "params.yaml") -> Params:
     return validated(Params, raw, source, ParamsError)
 
 
-def load_params(path: str | os.PathLike = PARAMS_FILE) -> Params:
-    """Read and validate the whole of params.yaml."""
+def read_yaml(path: str | os.PathLike, what: str = "") -> Any:
+    """A YAML file's content, or one ParamsError line: missing (with `what` it is for), not UTF-8, or where its
+    syntax breaks."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ParamsError(f"{path}: not found (run from the repository root)") from None
+        raise ParamsError(f"{path}: not found ({what + '; ' if what else ''}run from the repository root)") from None
     except UnicodeDecodeError:
         raise ParamsError(f"{path}: not UTF-8 text") from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or "invalid YAML"
         raise ParamsError(f"{path}: YAML syntax error{where}: {problem}") from None
-    return parse_params(raw, str(path))
+
+
+def load_params(path: str | os.PathLike = PARAMS_FILE) -> Params:
+    """Read and validate the whole of params.yaml."""
+    return parse_params(read_yaml(path), str(path))

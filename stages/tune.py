@@ -17,10 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from spotify_genre.cli import whole_number
 from spotify_genre.errors import ParamsError, PipelineError, exits_cleanly
-from stages.params import PARAMS_FILE, load_params
 from spotify_genre.validation import validated
-from stages.tuning_space import TUNING_FILE, TuningSettings, dvc_overrides, load_settings, read_yaml, search_space
+from stages.params import PARAMS_FILE, load_params, read_yaml
+from stages.tuning_space import TUNING_FILE, TuningSettings, dvc_overrides, load_settings, search_space
 
 EXIT_CODES = """exit codes:
   0  the study has its planned trials (or the experiments ran / were queued)
@@ -31,47 +32,27 @@ EXIT_CODES = """exit codes:
   130  interrupted (the trial running is marked failed; run again to continue)"""
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
     tune = argparse.ArgumentParser(
         prog="spotify-genre tune", description=__doc__.splitlines()[0].split(": ", 1)[1].capitalize(),
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    tune.add_argument("--trials", type=_positive, metavar="N",
+    tune.add_argument("--trials", type=whole_number(1), metavar="N",
                       help="the study's planned total of finished trials (default: tuning.yaml's); a restarted "
                            "run does only what is left")
-    tune.add_argument("--workers", type=_positive, metavar="N", default=1,
+    tune.add_argument("--workers", type=whole_number(1), metavar="N", default=1,
                       help="worker processes on this machine, sharing the study (default 1)")
     tune.add_argument("--storage", metavar="URL",
                       help="the study's database (default: tuning.yaml's, a SQLite file under tuning/); a "
                            "postgresql:// or mysql:// URL shares one study between machines")
     tune.add_argument("--study", metavar="NAME", help="the study's name (default: tuning.yaml's)")
-    tune.add_argument("--seed", type=_non_negative, metavar="N", help="the sampler's seed (default: tuning.yaml's)")
+    tune.add_argument("--seed", type=whole_number(0), metavar="N", help="the sampler's seed (default: tuning.yaml's)")
     tune.add_argument("--space", type=Path, default=TUNING_FILE, metavar="FILE",
                       help=f"the settings and search space (default {TUNING_FILE})")
     action = tune.add_mutually_exclusive_group()
     action.add_argument("--apply", action="store_true",
                         help="run the best complete trial as a DVC experiment (`dvc exp run -S ...`), with test "
                              "metrics, in the current repository")
-    action.add_argument("--queue", type=_positive, metavar="K",
+    action.add_argument("--queue", type=whole_number(1), metavar="K",
                         help="queue the K best complete trials as DVC experiments (`dvc exp run --queue`)")
     action.add_argument("--report", action="store_true",
                         help="only rewrite reports/tuning.md, .csv and the figures from the storage")

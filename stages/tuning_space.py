@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Field
 
 from spotify_genre.errors import ParamsError
 from spotify_genre.validation import NonNegativeInt, PositiveInt, Strict, validated
-from stages.params import Params, parse_params
+from stages.params import Params, parse_params, read_yaml
 
 TUNING_FILE = Path("tuning.yaml")
 TUNED_ROOTS = ("lr", "momentum", "batch_size", "train")  # what changes a fit on data/processed/, and nothing before it
@@ -97,22 +96,6 @@ class SearchSpace:
     @property
     def names(self) -> list[str]:
         return [dimension.name for dimension in self.dimensions]
-
-
-def read_yaml(path: Path, what: str) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: not found ({what}; run from the repository root)") from None
-    except UnicodeDecodeError:
-        raise ParamsError(f"{path}: not UTF-8 text") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ParamsError(f"{path}: YAML syntax error{where}: {getattr(error, 'problem', None) or 'invalid YAML'}") \
-            from None
 
 
 def load_settings(path: str | os.PathLike = TUNING_FILE) -> TuningSettings:
