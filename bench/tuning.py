@@ -49,7 +49,8 @@ def measure(ctx: Context) -> dict:
 def tuning_markdown(results: dict) -> list[str]:
     runs = results["runs"]
     return [f"**Tuning** (`{results['command']}`, tuning.yaml's space, the real processed splits): wall time of "
-            "the whole command (start-up, every trial, the report and figures) and finished trials per minute.", "",
+            "the whole command (start-up, every trial, the report and figures) and finished trials per minute, of one study "
+            "(one run, whatever `--runs` says).", "",
             "| run | complete | pruned | failed | epochs trained | best val loss |", "| --- | --- | --- | --- | --- | --- |",
             *[f"| {i + 1} | {r['complete']} | {r['pruned']} | {r['failed']} | {r['epochs']} | {r['best_val_loss']:.4f} |"
               for i, r in enumerate(runs)]]
