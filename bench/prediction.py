@@ -233,9 +233,11 @@ def _stage_costs(source, model, preprocessor, ctx: Context) -> dict[str, float]:
     from spotify_genre.bundle import load_bundle
     from spotify_genre.catalogue import parse_csv
     from spotify_genre.model import predict_proba
-    from spotify_genre.predictions import prediction_table, predictions_csv
+    from spotify_genre.outputs import CSV, render
+    from spotify_genre.predictions import prediction_table
     from spotify_genre.preprocessor import model_inputs
     from spotify_genre.records import split_records
+    from spotify_genre.score_cache import remembering
     from spotify_genre.streaming import MODEL_BATCH_ROWS, Predictor, Settings
 
     predictor = Predictor(Settings(str(model), str(preprocessor)))
@@ -243,12 +245,15 @@ def _stage_costs(source, model, preprocessor, ctx: Context) -> dict[str, float]:
         started = time.perf_counter()
         header, chunk = list(split_records(file, 10**9, str(source)))
         costs = {"cut into records": time.perf_counter() - started}
+    scoring = remembering(predictor.pre)
     steps = {
         "read and check (schema.read_songs)": lambda: parse_csv(header.data, chunk, "songs", predictor.required),
-        "model inputs (preprocessor, text scores)": lambda: model_inputs(predictor.pre, songs.frame),
+        "model inputs, texts not seen before (preprocessor, text scores)": lambda: model_inputs(scoring, songs.frame),
+        "model inputs, texts seen before (text scores remembered, score_cache.py)":
+            lambda: model_inputs(scoring, songs.frame),
         "model (predict_proba)": lambda: predict_proba(bundle, features, batch_size=MODEL_BATCH_ROWS),
-        "output (prediction_table, predictions_csv)": lambda: predictions_csv(
-            prediction_table(songs.frame["track_id"], probabilities, predictor.classes)),
+        "output (prediction_table, outputs.render as CSV)": lambda: render(
+            prediction_table(songs.frame["track_id"], probabilities, predictor.classes), CSV),
     }
     bundle = load_bundle(model).model
     results = {}
@@ -258,7 +263,7 @@ def _stage_costs(source, model, preprocessor, ctx: Context) -> dict[str, float]:
         results[name] = step()
         costs[name] = time.perf_counter() - started
         songs = results.get("read and check (schema.read_songs)")
-        features = results.get("model inputs (preprocessor, text scores)")
+        features = results.get("model inputs, texts not seen before (preprocessor, text scores)")
         probabilities = results.get("model (predict_proba)")
     return {name: round(seconds * 1_000_000 / chunk.rows, 2) for name, seconds in costs.items()}
 

@@ -65,8 +65,9 @@ def _parser() -> argparse.ArgumentParser:
                          help=f"songs read, checked and predicted at a time (default {DEFAULT_CHUNK_ROWS:,}); "
                               "the output is the same whatever N")
     predict.add_argument("--workers", metavar="N", type=_positive, default=1,
-                         help="worker processes for an input of more than one chunk (default 1: this process); "
-                              "each holds its own model and chunks, about 0.5 GB")
+                         help="worker processes for an input of more than one chunk (default 1: this process, "
+                              "which runs the model on a second thread and so uses two cores); each holds its own "
+                              "model and chunks, about 0.5 GB")
     predict.add_argument("--output-format", choices=FORMATS, default=None,
                          help="for shards: the output shards' format (default: each input's own, compressed CSV "
                               "as .csv.gz)")
@@ -166,11 +167,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _keep_freed_memory() -> None:
+    """Let glibc's malloc keep up to 256 MB of freed memory for reuse: by default it hands each chunk's arrays (a
+    few MB each) back to the system and maps them anew for the next chunk, a third of a catalogue's page faults
+    and a tenth of its time. Peak memory is unchanged. Nothing to do on another C library."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 64 << 20)
+    mallopt(m_trim_threshold, 256 << 20)
+
+
 def run() -> NoReturn:
     """The `spotify-genre` command: main(), then an exit that skips Python's teardown of the loaded modules.
 
     Every output is written, closed and renamed before main() returns, so the teardown (0.6 s of a 2 s predict,
     most of it torch's) would do nothing a finished run needs."""
+    _keep_freed_memory()
     code = main()
     try:
         sys.stdout.flush()

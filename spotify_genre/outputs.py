@@ -18,6 +18,7 @@ import pandas as pd
 
 from spotify_genre.atomic import atomic_path
 from spotify_genre.errors import ParamsError, PipelineError
+from spotify_genre.fast_csv import fast_predictions_csv
 from spotify_genre.predictions import predictions_csv
 
 STDIO = "-"
@@ -54,7 +55,7 @@ def render(table: pd.DataFrame, fmt: str):
         import pyarrow as pa
 
         return pa.Table.from_pandas(table, preserve_index=False).replace_schema_metadata(None)
-    return predictions_csv(table).encode("utf-8")
+    return fast_predictions_csv(table) or predictions_csv(table).encode("utf-8")
 
 
 class CsvSink:

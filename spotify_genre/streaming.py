@@ -1,10 +1,14 @@
 """Predicting one input into one output a chunk at a time, in this process or on a pool of worker processes.
 
-Each chunk is read, checked and turned into model inputs on its own (catalogue.py). The model then sees the rows
+Each chunk is read, checked and turned into model inputs on its own (catalogue.py), the text scores of texts seen
+in earlier chunks remembered (score_cache.py). The model then sees the rows
 in the batches a whole-file run gives it (MODEL_BATCH_ROWS rows, counted from the first song predicted): a matrix
 product's last digits depend on the batch a row is in, so this is what makes the output's bytes those of a
-whole-file run whatever --chunk-rows, and however many workers. Results are taken in input order, so messages and
-output come in file order too. Memory holds a few chunks at a time, whatever the input's size.
+whole-file run whatever --chunk-rows, and however many workers. In one process the model and the output's
+formatting run on a thread of their own, beside the reading of the next chunk (torch, numpy and Arrow let go of
+the interpreter while they compute), so two cores are used without a second copy of the model. Results are taken
+in input order, so messages and output come in file order too. Memory holds a few chunks at a time, whatever the
+input's size.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 import collections
 import multiprocessing
 import signal
-from concurrent.futures import Future, ProcessPoolExecutor
+import sys
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -28,11 +34,15 @@ from spotify_genre.predictions import prediction_table
 from spotify_genre.preprocessor import load_preprocessor, model_inputs
 from spotify_genre.records import Records
 from spotify_genre.schema import TRACK_ID
+from spotify_genre.score_cache import remembering
 
 DEFAULT_CHUNK_ROWS = 32_768
 MODEL_BATCH_ROWS = 8192  # model.predict_proba's batch_size, so a whole-file run batches the same (a test holds it)
 ROW = "row"
 HELD_LINES = 10_000
+# How long one thread may hold the interpreter while another waits for it (Python's default is 5 ms). The model
+# thread needs it back after each of the 30-odd torch operations of a batch, while this thread reads pandas frames.
+SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -93,7 +103,9 @@ class Predictor:
         self.pre = load_preprocessor(settings.preprocessor)
         self.classes = tuple(self.pre.classes)
         self.required = required_columns(self.pre.input_features, self.pre.text_fields)
+        self._scoring = remembering(self.pre)  # the preprocessor, its text scores remembered across chunks
         self._model = None
+        self._loading = threading.Lock()
 
     def prepare(self, chunk: CsvChunk | ParquetChunk, with_features: bool = True) -> Prepared:
         if isinstance(chunk, CsvChunk):
@@ -108,19 +120,27 @@ class Predictor:
         kept = songs.frame.iloc[keep].reset_index(drop=True)
         ids = kept[TRACK_ID] if TRACK_ID in kept.columns else pd.Series(songs.first_row + keep + 1, name=ROW)
         if with_features and len(kept):
-            features = self._with_characters(model_inputs(self.pre, kept), kept)
+            features = self._with_characters(model_inputs(self._scoring, kept), kept)
         else:
             features = np.zeros((0, len(self.pre.output_features)), dtype=np.float32)
         return Prepared(features, ids, len(songs.frame), songs.problems)
 
-    def _bundle(self):
-        if self._model is None:  # torch loads only once a chunk is known to be good
-            from spotify_genre.bundle import load_bundle
+    def load_model(self) -> None:
+        """Load the model bundle now (it is otherwise loaded with the first chunk known to be good)."""
+        self._bundle()
 
-            self._model = load_bundle(self.settings.model, feature_names=self.pre.output_features,
-                                      class_names=self.classes, preprocessor_sha256=self.pre.sha256,
-                                      preprocessor_path=self.settings.preprocessor)
+    def _bundle(self):
+        with self._loading:
+            if self._model is None:  # torch loads only once a chunk is known to be good
+                self._model = self._load_bundle()
         return self._model
+
+    def _load_bundle(self):
+        from spotify_genre.bundle import load_bundle
+
+        return load_bundle(self.settings.model, feature_names=self.pre.output_features,
+                           class_names=self.classes, preprocessor_sha256=self.pre.sha256,
+                           preprocessor_path=self.settings.preprocessor)
 
     def _with_characters(self, features: np.ndarray, songs: pd.DataFrame) -> np.ndarray:
         """The model's input: with the characters of the text fields where it has a text encoder."""
@@ -144,12 +164,19 @@ class Predictor:
 
 
 class InProcess:
-    """Runs each step at once, in this process."""
+    """Prepares each chunk at once, and predicts on one thread beside this one, in this process; with `early`,
+    that thread starts by loading the model (importing torch takes a second or two), while the first chunk is read.
+    A bundle that does not load is then loaded again where the first chunk needs it, and the error raised there."""
 
-    ahead = 0
+    ahead, predicting_ahead = 0, 2
 
-    def __init__(self, predictor: Predictor):
+    def __init__(self, predictor: Predictor, early: bool = False):
         self.predictor = predictor
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL_S))
+        if early:
+            self._model_thread.submit(predictor.load_model)
 
     @staticmethod
     def _done(step: Callable, *args) -> Future:
@@ -164,7 +191,13 @@ class InProcess:
         return self._done(self.predictor.prepare, chunk, with_features)
 
     def predict(self, features, ids, fmt: str) -> Future:
-        return self._done(self.predictor.predict, features, ids, fmt)
+        return self._model_thread.submit(self.predictor.predict, features, ids, fmt)
+
+    def close(self) -> None:
+        """Stop the thread, not waiting: after a whole run it has nothing left to do, and after an error what it
+        still does (loading the model, or a batch no one will write) need not hold the error up."""
+        self._model_thread.shutdown(wait=False, cancel_futures=True)
+        sys.setswitchinterval(self._switch_interval)
 
 
 _WORKER: Predictor | None = None  # a pool worker's own
@@ -190,7 +223,7 @@ class Pool:
 
     def __init__(self, settings: Settings, workers: int):
         self.settings, self.workers, self._executor = settings, workers, None
-        self.ahead = workers + 1
+        self.ahead = self.predicting_ahead = workers + 1
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
@@ -267,9 +300,13 @@ def predict_stream(source: str, target: str, fmt: str, predictor: Predictor, log
         chunks = _chunks(kind, stream, source, where, predictor.required, settings.chunk_rows)
         first = next(chunks)
         second = next(chunks, None)
-        runner = pool if pool is not None and second is not None else InProcess(predictor)
-        with open_sink(target, fmt) as sink:
-            return _run(_again(first, second, chunks), runner, sink, fmt, settings, where, log)
+        runner = pool if pool is not None and second is not None else InProcess(predictor, early=second is not None)
+        try:
+            with open_sink(target, fmt) as sink:
+                return _run(_again(first, second, chunks), runner, sink, fmt, settings, where, log)
+        finally:
+            if runner is not pool:
+                runner.close()
 
 
 def _again(first, second, rest) -> Iterator:
@@ -289,7 +326,7 @@ def _run(chunks, runner, sink, fmt: str, settings: Settings, where: str, log: Ca
     held: list[str] = []  # skipped-row lines, held while no row is valid: for "all rows are invalid" alone
 
     def write(block: bool) -> None:
-        while predicting and (block or len(predicting) > runner.ahead or predicting[0].done()):
+        while predicting and (block or len(predicting) > runner.predicting_ahead or predicting[0].done()):
             sink.write(predicting.popleft().result())
 
     def take(prepared: Prepared) -> None:

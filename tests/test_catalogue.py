@@ -423,3 +423,121 @@ def test_standard_output_streams_and_a_reader_that_stops_early_is_no_error(catal
     process.stdout.close()
     assert process.wait(timeout=120) == 0
     assert process.stderr.read() == b""
+
+
+def test_fast_csv_writes_the_bytes_of_predictions_csv():
+    """Probabilities at and near the ties of "%.6f" (x.5 millionths, 1/128, 0 and 1), ids that need quoting (and a
+    lone carriage return, which does not), row numbers, top-k columns; and the tables it must leave to pandas."""
+    from spotify_genre.fast_csv import fast_predictions_csv
+    from spotify_genre.predictions import prediction_table, predictions_csv
+    from spotify_genre.schema import GENRES
+
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.full(len(GENRES), 0.3), size=5000)
+    ties = np.array([0.0078125, 0.5e-6, 2.5e-6, 0.9999995, 0.0, 1.0, 0.1234565, 0.0000015])
+    probabilities[:ties.size * 8, 0] = np.repeat(ties, 8)
+    probabilities[:ties.size * 8:8, 1] = np.nextafter(ties, 1.0).clip(0.0, 1.0)
+    probabilities[1:ties.size * 8:8, 1] = np.nextafter(ties, 0.0).clip(0.0, 1.0)
+    ids = pd.Series([f"id{i}" for i in range(len(probabilities))], name="track_id", dtype="str")
+    ids.iloc[:10] = ["a,b", 'say "hi"', "two\nlines", "cr\ronly", " space", "é", '""', ",", "\t", "x"]
+    for top_k in (0, 3):
+        table = prediction_table(ids, probabilities, GENRES, top_k=top_k)
+        assert fast_predictions_csv(table) == predictions_csv(table).encode("utf-8")
+    rows = prediction_table(pd.Series(np.arange(1, 101), name="row"), probabilities[:100], GENRES)
+    assert fast_predictions_csv(rows) == predictions_csv(rows).encode("utf-8")
+    outside = prediction_table(ids[:3], np.array([[1.5, 0, 0, 0, 0, 0], [-0.0, 1, 0, 0, 0, 0], [np.nan] * 6]),
+                               GENRES)
+    missing = prediction_table(pd.Series(["a", np.nan], name="track_id", dtype=object), probabilities[:2], GENRES)
+    for table in (outside.iloc[:1], outside.iloc[1:2], outside.iloc[2:], missing, rows.iloc[:0]):
+        assert fast_predictions_csv(table) is None
+        assert outputs.render(table, outputs.CSV) == predictions_csv(table).encode("utf-8")
+
+
+@pytest.fixture(scope="module")
+def text_bundle(tmp_path_factory) -> tuple[Path, Path]:
+    """A preprocessor with the text scores of titles and album names (fitted on songs whose names repeat, as
+    _catalogue's do), and a seeded untrained model bundle for it."""
+    import torch
+
+    from spotify_genre.bundle import load_bundle, save_bundle
+    from spotify_genre.model import build_mlp
+    from spotify_genre.preprocessor import save_preprocessor
+    from stages.params import parse_params
+    from stages.preprocessor_fit import fit_model_inputs
+    from tests.conftest import default_params, with_overrides
+    from tests.test_predict import ZERO_SHA, sha256_of
+
+    folder = tmp_path_factory.mktemp("text-bundle")
+    params = parse_params(with_overrides(default_params(), {"preprocess.text.buckets": 512}))
+    train = _catalogue(900, seed=8)
+    pre, _ = fit_model_inputs(train, params.select.candidates, params.preprocess, data_sha256=ZERO_SHA,
+                              groups=train["track_id"])
+    save_preprocessor(folder / "preprocessor.json", pre)
+    torch.manual_seed(0)
+    architecture = {"n_features": len(pre.output_features), "n_classes": 6, "hidden_sizes": [16], "dropout": 0.0}
+    save_bundle(folder / "model.pt", build_mlp(**architecture), architecture=architecture,
+                feature_names=pre.output_features, class_names=list(pre.classes),
+                preprocessor={"path": "preprocessor.json", "sha256": sha256_of(folder / "preprocessor.json")},
+                params={}, data_sha256=ZERO_SHA)
+    assert load_bundle(folder / "model.pt").feature_names[-1] == "track_album_name_rock"
+    return folder / "model.pt", folder / "preprocessor.json"
+
+
+def test_remembered_text_scores_are_the_scores_hot_or_cold_and_bounded(text_bundle):
+    """Text scores remembered across calls: the bytes TextScorer.transform gives, whether remembered (hot) or not
+    (cold), however small the memory, which never holds more texts than its capacity."""
+    from spotify_genre.score_cache import RememberedScores
+
+    pre = load_preprocessor(text_bundle[1])
+    songs = _catalogue(3000, seed=11)
+    texts = songs["track_album_name"].where(np.arange(len(songs)) % 5 != 0)  # missing texts too
+    texts = pd.concat([texts, texts.iloc[::-1]], ignore_index=True).astype("str")
+    for scorer in pre.text:
+        column = texts if scorer.field == "track_album_name" else songs[scorer.field].astype("str")
+        expected = scorer.transform(column)
+        for capacity in (1, 50, 100_000):
+            remembered = RememberedScores(scorer, capacity)
+            for _ in range(2):  # cold, then hot
+                scores = np.concatenate([remembered.transform(column.iloc[start:start + 700])
+                                         for start in range(0, len(column), 700)])
+                assert np.array_equal(scores, expected)
+                assert len(remembered) == min(capacity, column.fillna("").nunique())
+
+
+@pytest.mark.parametrize("capacity", [5, None])
+def test_streamed_predictions_with_text_scores_are_those_of_the_library_functions(
+        catalogue_csv, text_bundle, tmp_path, predict_here, monkeypatch, capacity):
+    """Streamed in chunks, with text scores remembered across them (in a memory of 5 texts too, forgetting all the
+    time) and the CSV written by fast_csv: the bytes of model_inputs, predict_proba and predictions_csv on the
+    whole file."""
+    from spotify_genre import score_cache
+    from spotify_genre.bundle import load_bundle
+    from spotify_genre.model import predict_proba
+    from spotify_genre.predictions import prediction_table, predictions_csv
+    from spotify_genre.preprocessor import model_inputs
+
+    if capacity:
+        monkeypatch.setattr(score_cache, "CAPACITY", capacity)
+    data, _ = catalogue_csv
+    (tmp_path / "songs.csv").write_bytes(data)
+    pre = load_preprocessor(text_bundle[1])
+    songs = read_songs(io.BytesIO(data), "songs.csv", required=required_columns(pre.input_features,
+                                                                                 pre.text_fields), allow_extra=True)
+    probabilities = predict_proba(load_bundle(text_bundle[0]).model, model_inputs(pre, songs))
+    expected = predictions_csv(prediction_table(songs["track_id"], probabilities, pre.classes, top_k=2))
+    for rows in (97, 100_000):
+        result = _run(predict_here, ["songs.csv", "--top-k", "2", "--chunk-rows", str(rows)], text_bundle)
+        assert result.stdout == expected.encode("utf-8"), rows
+
+
+def test_a_bad_bundle_is_one_clear_line_when_the_model_loads_beside_the_reading(catalogue_csv, bundle, tmp_path,
+                                                                                 predict_here):
+    """On an input of many chunks the model thread loads the bundle while the first chunk is read: a bundle that
+    does not load is still the one line, exit code and no output of a one-chunk run."""
+    import torch
+
+    raw = torch.load(bundle[0], weights_only=True)
+    torch.save({**raw, "format": 99}, tmp_path / "model.pt")
+    (tmp_path / "songs.csv").write_bytes(catalogue_csv[0])
+    result = predict_here(["songs.csv", "-o", "out.csv", "--chunk-rows", "50"], (tmp_path / "model.pt", bundle[1]))
+    _assert_clean_failure(result, 5, tmp_path, "bundle format 99")
