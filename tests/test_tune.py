@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from stages import tune
 from stages.tuning_space import dvc_overrides, load_settings, search_space
-from tests.conftest import BIN, ROOT, copy_project, run, tool_env
+from tests.conftest import BIN, ROOT, copy_project, run, tool_env, write_params
 
 # The heartbeat and its retry callback, which these tests exercise, are marked experimental in Optuna.
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -46,17 +46,6 @@ def write_study(folder: Path, **changes) -> dict:
     settings = {**SMALL_STUDY, **changes}
     (folder / "tuning.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     return settings
-
-
-def write_params(folder: Path, overrides: dict) -> None:
-    params = yaml.safe_load((folder / "params.yaml").read_text())
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture
