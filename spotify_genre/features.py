@@ -17,14 +17,16 @@ TEXT_FIELDS = ("track_name", "track_album_name", "track_artist")
 
 def release_date_parts(dates: pd.Series) -> pd.DataFrame:
     """Year, month (NaN where unknown) and precision of YYYY, YYYY-MM or YYYY-MM-DD strings (NaN where missing)."""
-    text = dates.astype("str").where(dates.notna())
-    year = pd.to_numeric(text.str.slice(0, 4), errors="coerce")
-    month = pd.to_numeric(text.str.slice(5, 7).replace("", np.nan), errors="coerce")
-    precision = text.str.len().map({4: 0.0, 7: 1.0, 10: 2.0})
-    return pd.DataFrame(
-        {"release_year": year, "release_month": month, "release_date_precision": precision},
-        index=dates.index,
-    ).astype("float64")
+    codes, distinct = pd.factorize(dates)  # songs share release dates: each distinct one is parsed once
+    text = pd.Series(distinct, dtype=object).astype("str")
+    parts = np.column_stack([
+        pd.to_numeric(text.str.slice(0, 4), errors="coerce").to_numpy(dtype="float64", na_value=np.nan),
+        pd.to_numeric(text.str.slice(5, 7).replace("", np.nan), errors="coerce").to_numpy(dtype="float64",
+                                                                                        na_value=np.nan),
+        text.str.len().map({4: 0.0, 7: 1.0, 10: 2.0}).to_numpy(dtype="float64", na_value=np.nan),
+    ]).reshape(len(distinct), 3)
+    values = np.vstack([parts, np.full((1, 3), np.nan)])[codes]  # code -1, a missing date: the row of NaNs
+    return pd.DataFrame(values, columns=list(DERIVED_FEATURES), index=dates.index)
 
 
 def candidate_features(songs: pd.DataFrame, names: tuple[str, ...] | list[str] = CANDIDATE_FEATURES) -> pd.DataFrame:
