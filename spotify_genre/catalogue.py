@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from spotify_genre.errors import DataError
-from spotify_genre.features import DERIVED_FEATURES
+from spotify_genre.features import DERIVED_FEATURES, TEXT_FIELDS
 from spotify_genre.records import Records, split_records
 from spotify_genre.schema import (INPUT_COLUMNS, RELEASE_DATE, TRACK_ID, read_as_text, read_songs,
                                   repeated_header, row_problems, unparsable_cells)
@@ -232,14 +232,16 @@ def cell_problems(songs: pd.DataFrame, required: tuple[str, ...], unparsable: pd
 def read_csv_bytes(data: bytes, where: str, required: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A whole CSV's songs and every invalid cell of the columns checked, as (row, column, value, reason), rows
     from 0: the one-chunk read."""
+    parsed = (*required, TRACK_ID, *TEXT_FIELDS)  # the text fields, for a model with a text encoder
     try:
-        songs, unparsable = read_songs(io.BytesIO(data), where, required=required, allow_extra=True), None
+        songs, unparsable = read_songs(io.BytesIO(data), where, required=required, allow_extra=True,
+                                       parsed=parsed), None
     except DataError:
         cleaned = invalid_cells(data)
         if cleaned is None:
             raise
         data, unparsable = cleaned
-        songs = read_songs(io.BytesIO(data), where, required=required, allow_extra=True)
+        songs = read_songs(io.BytesIO(data), where, required=required, allow_extra=True, parsed=parsed)
     return songs, cell_problems(songs, required, unparsable)
 
 

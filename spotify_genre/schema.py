@@ -98,8 +98,10 @@ def _check_header(header: list[str], required: tuple[str, ...], where: str, allo
 
 
 def read_songs(source: str | IO[bytes], where: str, *, required: tuple[str, ...] = COLUMN_NAMES,
-               allow_extra: bool = False) -> pd.DataFrame:
-    """Parse a songs CSV (a path or a binary stream): header and cell types. Values are checked by row_problems."""
+               allow_extra: bool = False, parsed: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Parse a songs CSV (a path or a binary stream): header and cell types. Values are checked by row_problems.
+
+    `parsed`: the schema columns to read (those the file has), where the caller needs no others; None reads all."""
     # The CSV is parsed from its bytes: a copy as text, let alone the 4 bytes a character of io.StringIO, would
     # cost several times the file's size in memory on large inputs.
     data = source.read() if hasattr(source, "read") else Path(source).read_bytes()
@@ -119,7 +121,7 @@ def read_songs(source: str | IO[bytes], where: str, *, required: tuple[str, ...]
         raise DataError(f"{where}: column {padded[0]!r} has spaces around its name; expected {padded[0].strip()!r}")
     header = [name.strip() for name in header]
     _check_header(header, required, where, allow_extra)
-    kept = [name for name in header if name in BY_NAME]
+    kept = [name for name in header if name in BY_NAME and (parsed is None or name in parsed)]
     try:
         frame = pd.read_csv(io.BytesIO(data), encoding="utf-8", usecols=kept, dtype=_dtypes(kept),
                             keep_default_na=False, na_values={name: [""] for name in kept}, skipinitialspace=False)
