@@ -171,10 +171,11 @@ def _n_classes(model: nn.Module) -> int:
 
 
 def predict_proba(model: nn.Module, features: np.ndarray, device: torch.device | None = None,
-                  batch_size: int = 8192) -> np.ndarray:
+                  batch_size: int = 2048) -> np.ndarray:
     """Softmax probabilities (float64, rows × classes) in eval mode; the model moves to `device` if given.
 
-    On the CPU under the numerics pin, on a fixed number of threads (numerics.py)."""
+    On the CPU through its numpy forward pass (inference.py) where it has one, else through torch under the
+    numerics pin, on a fixed number of threads (numerics.py); in batches of `batch_size` rows either way."""
     features = np.asarray(features)
     if features.ndim != 2:
         raise ValueError(f"features should be a 2-D array, got shape {features.shape}")
@@ -184,6 +185,14 @@ def predict_proba(model: nn.Module, features: np.ndarray, device: torch.device |
         model.to(device)
     rows = np.ascontiguousarray(features, dtype=np.float32)
     probabilities = np.empty((len(rows), _n_classes(model)), dtype=np.float64)
+    if device.type == "cpu":
+        from spotify_genre.inference import compile_network
+
+        network = compile_network(model)
+        if network is not None:
+            for start in range(0, len(rows), batch_size):
+                probabilities[start:start + batch_size] = network.probabilities(rows[start:start + batch_size])
+            return probabilities
     was_training, threads = model.training, torch.get_num_threads()
     model.eval()
     if device.type == "cpu" and inference_threads() is not None:

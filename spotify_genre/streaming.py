@@ -37,7 +37,7 @@ from spotify_genre.schema import TRACK_ID
 from spotify_genre.score_cache import remembering
 
 DEFAULT_CHUNK_ROWS = 32_768
-MODEL_BATCH_ROWS = 8192  # model.predict_proba's batch_size, so a whole-file run batches the same (a test holds it)
+MODEL_BATCH_ROWS = 2048  # model.predict_proba's batch_size, so a whole-file run batches the same (a test holds it)
 ROW = "row"
 HELD_LINES = 10_000
 # How long one thread may hold the interpreter while another waits for it (Python's default is 5 ms). The model

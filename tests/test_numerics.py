@@ -64,6 +64,9 @@ def test_a_library_loaded_before_the_pin_is_warned_about_by_name():
 
 
 def _probabilities(threads: int) -> bytes:
+    """The probabilities of a model like the pipeline's, with torch and OpenBLAS both set to `threads` threads."""
+    from threadpoolctl import threadpool_limits
+
     from spotify_genre.model import build_mlp, predict_proba
 
     torch.manual_seed(0)
@@ -72,16 +75,25 @@ def _probabilities(threads: int) -> bytes:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return predict_proba(model, features).tobytes()
+        with threadpool_limits(threads, user_api="blas"):
+            return predict_proba(model, features).tobytes()
     finally:
         torch.set_num_threads(before)
 
 
 def test_inference_gives_the_same_bytes_whatever_the_thread_count(monkeypatch):
-    """torch defaults to one thread per core, and oneMKL's pinned branch splits products by thread count."""
+    """numpy's forward pass (inference.py) and torch's both run products that OpenBLAS and oneMKL split by thread
+    count, and torch and OpenBLAS default to one thread per core: inference fixes the count, on either path."""
     one = _probabilities(1)
     assert all(_probabilities(threads) == one for threads in (2, 3, 4, 8))
-    monkeypatch.setattr("spotify_genre.model.inference_threads", lambda: None)  # the negative control: unfixed
+    with monkeypatch.context() as patched:
+        patched.setattr("spotify_genre.inference.inference_threads", lambda: None)  # negative control: unfixed
+        assert any(_probabilities(threads) != one for threads in (2, 3, 4, 8))
+
+    monkeypatch.setattr("spotify_genre.inference.compile_network", lambda model: None)  # torch's forward pass
+    one = _probabilities(1)
+    assert all(_probabilities(threads) == one for threads in (2, 3, 4, 8))
+    monkeypatch.setattr("spotify_genre.model.inference_threads", lambda: None)
     assert any(_probabilities(threads) != one for threads in (3, 4, 8))
 
 
