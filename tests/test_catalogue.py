@@ -23,6 +23,7 @@ import pytest
 
 from spotify_genre import outputs, records, streaming
 from spotify_genre.catalogue import read_csv_bytes, required_columns
+from spotify_genre.features import TEXT_FIELDS
 from spotify_genre.preprocessor import load_preprocessor
 from spotify_genre.records import split_records
 from spotify_genre.schema import read_songs
@@ -390,6 +391,18 @@ def test_read_input_reads_a_whole_csv_as_before(catalogue_csv, bundle):
     songs, problems = read_csv_bytes(catalogue_csv[0], "songs.csv", required_columns(pre.input_features,
                                                                                       pre.text_fields))
     assert len(songs) == ROWS and problems.empty
+
+
+def test_predict_parses_only_what_the_model_uses_and_the_text_fields(catalogue_csv, bundle):
+    """The playlist fields (and any schema column the model does not read) are left unparsed; the columns read are
+    the ones a whole read gives."""
+    pre = load_preprocessor(bundle[1])
+    required = required_columns(pre.input_features, pre.text_fields)
+    songs, _ = read_csv_bytes(catalogue_csv[0], "songs.csv", required)
+    full = read_songs(io.BytesIO(catalogue_csv[0]), "songs.csv", allow_extra=True)
+    assert "playlist_genre" in full.columns and "playlist_genre" not in songs.columns
+    assert list(songs.columns) == [name for name in full.columns if name in {"track_id", *required, *TEXT_FIELDS}]
+    pd.testing.assert_frame_equal(songs, full[list(songs.columns)])
 
 
 def test_a_dask_worker_started_without_the_numerics_pin_refuses_the_task(tmp_path):
