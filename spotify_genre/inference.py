@@ -13,21 +13,18 @@ and stays with torch, as does any model off the CPU.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
-from threadpoolctl import ThreadpoolController
 from torch import nn
 
-from spotify_genre.model import EmbeddedMLP, EnsembleBatchNorm, EnsembleLinear, PeriodicEmbedding
-from spotify_genre.numerics import inference_threads
+from spotify_genre.blas import fixed_threads
+from spotify_genre.model import EmbeddedMLP, EnsembleBatchNorm, EnsembleLinear, Linear, PeriodicEmbedding
 
 Layer = Callable[[np.ndarray], np.ndarray]
-_BLAS = ThreadpoolController()
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:
@@ -100,7 +97,7 @@ def _batch_norm(module: nn.BatchNorm1d, members: int | None) -> Layer:
 
 
 def _layer(module: nn.Module) -> Layer | None:
-    if type(module) is nn.Linear:
+    if type(module) in (nn.Linear, Linear):
         return _linear(_array(module.weight).T.copy(), _array(module.bias))
     if type(module) is EnsembleLinear:
         return _linear(_array(module.weight), _array(module.bias)[:, None, :])
@@ -123,8 +120,7 @@ class Network:
 
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         hidden = np.ascontiguousarray(inputs, dtype=np.float32)
-        threads = inference_threads()
-        with _BLAS.limit(limits=threads, user_api="blas") if threads is not None else contextlib.nullcontext():
+        with fixed_threads():
             if self.embedding is not None:
                 hidden = self.embedding(hidden)
                 if not self.ensemble:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from spotify_genre import blas
 from spotify_genre.errors import PipelineError
 from spotify_genre.numerics import inference_threads
 from spotify_genre.text_encoder import CharacterEncoder, TextEncodedModel
@@ -41,13 +42,16 @@ class PeriodicEmbedding(nn.Module):
         self.bias = nn.Parameter(torch.empty(*shape, dim).uniform_(-bound, bound))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        columns = inputs.t()  # (inputs, rows): each input's products are one batch of the matmul
         if self.frequencies.dim() == 2:
-            angles = (2.0 * math.pi) * inputs.unsqueeze(-1) * self.frequencies
+            angles = (2.0 * math.pi) * columns.unsqueeze(-1) * self.frequencies.unsqueeze(1)  # (inputs, rows, k)
             periodic = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
-            return torch.relu(torch.einsum("rik,ikd->rid", periodic, self.weight) + self.bias).flatten(1)
-        angles = (2.0 * math.pi) * inputs[:, None, :, None] * self.frequencies
+            embedded = torch.relu(blas.matmul(periodic, self.weight) + self.bias.unsqueeze(1))
+            return embedded.transpose(0, 1).flatten(1)
+        angles = (2.0 * math.pi) * columns[None, :, :, None] * self.frequencies.unsqueeze(2)  # (m, inputs, rows, k)
         periodic = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
-        return torch.relu(torch.einsum("rmik,mikd->rmid", periodic, self.weight) + self.bias).flatten(2)
+        embedded = torch.relu(blas.matmul(periodic, self.weight) + self.bias.unsqueeze(2))
+        return embedded.permute(2, 0, 1, 3).flatten(2)
 
 
 class EmbeddedMLP(nn.Module):
@@ -67,6 +71,13 @@ class EmbeddedMLP(nn.Module):
         return self.mlp(torch.cat([embedded, passed], dim=-1))
 
 
+class Linear(nn.Linear):
+    """nn.Linear, multiplying through blas.matmul (numpy's BLAS on the CPU)."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return blas.linear(inputs, self.weight, self.bias)
+
+
 class EnsembleLinear(nn.Module):
     """`members` independent nn.Linear layers applied side by side: (rows, members, in) -> (rows, members, out).
 
@@ -79,9 +90,8 @@ class EnsembleLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(members, out_features).uniform_(-bound, bound))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if inputs.dim() == 2:
-            return torch.einsum("ri,mio->rmo", inputs, self.weight) + self.bias
-        return torch.einsum("rmi,mio->rmo", inputs, self.weight) + self.bias
+        members_first = inputs.unsqueeze(0) if inputs.dim() == 2 else inputs.transpose(0, 1)  # (m or 1, rows, in)
+        return blas.matmul(members_first, self.weight).transpose(0, 1) + self.bias
 
 
 class EnsembleBatchNorm(nn.BatchNorm1d):
@@ -118,12 +128,12 @@ def build_mlp(n_features: int, n_classes: int, hidden_sizes: Sequence[int], drop
     layers: list[nn.Module] = []
     for size in hidden_sizes:
         if members == 1:
-            layers += [nn.Linear(width, size), nn.BatchNorm1d(size)]
+            layers += [Linear(width, size), nn.BatchNorm1d(size)]
         else:
             layers += [EnsembleLinear(width, size, members), EnsembleBatchNorm(size, members)]
         layers += [nn.ReLU(), _Dropout(dropout)]
         width = size
-    layers.append(nn.Linear(width, n_classes) if members == 1 else EnsembleLinear(width, n_classes, members))
+    layers.append(Linear(width, n_classes) if members == 1 else EnsembleLinear(width, n_classes, members))
     mlp = nn.Sequential(*layers)
     if embedding is None:
         return mlp
@@ -198,7 +208,7 @@ def predict_proba(model: nn.Module, features: np.ndarray, device: torch.device |
     if device.type == "cpu" and inference_threads() is not None:
         torch.set_num_threads(inference_threads())
     try:
-        with torch.no_grad():
+        with torch.no_grad(), blas.fixed_threads():
             for start in range(0, len(rows), batch_size):
                 batch = torch.from_numpy(rows[start:start + batch_size]).to(device)
                 logits = model(batch).to(torch.float64)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from spotify_genre import numerics
+from stages.params import TrainParams
 from tests.conftest import PINNED_STATE, ROOT, tool_env
 
 
@@ -87,14 +88,42 @@ def test_inference_gives_the_same_bytes_whatever_the_thread_count(monkeypatch):
     one = _probabilities(1)
     assert all(_probabilities(threads) == one for threads in (2, 3, 4, 8))
     with monkeypatch.context() as patched:
-        patched.setattr("spotify_genre.inference.inference_threads", lambda: None)  # negative control: unfixed
+        patched.setattr("spotify_genre.blas.inference_threads", lambda: None)  # negative control: unfixed
         assert any(_probabilities(threads) != one for threads in (2, 3, 4, 8))
 
     monkeypatch.setattr("spotify_genre.inference.compile_network", lambda model: None)  # torch's forward pass
     one = _probabilities(1)
     assert all(_probabilities(threads) == one for threads in (2, 3, 4, 8))
-    monkeypatch.setattr("spotify_genre.model.inference_threads", lambda: None)
-    assert any(_probabilities(threads) != one for threads in (3, 4, 8))
+    monkeypatch.setattr("spotify_genre.blas.inference_threads", lambda: None)  # its products are numpy's too
+    assert any(_probabilities(threads) != one for threads in (2, 3, 4, 8))
+
+
+def _trained_weights(threads: int) -> bytes:
+    """The weights after two epochs of the train stage's loop, with OpenBLAS set to `threads` threads around it."""
+    from threadpoolctl import threadpool_limits
+
+    from spotify_genre.model import build_mlp
+    from stages.training import fit
+    from tests.conftest import default_params
+
+    config = TrainParams.model_validate({**default_params()["train"], "max_epochs": 2})
+    torch.manual_seed(0)
+    model = build_mlp(42, 6, [128, 64], 0.2, {"columns": list(range(30)), "frequencies": 8, "dim": 8, "sigma": 0.1})
+    generator = np.random.default_rng(0)
+    features = torch.from_numpy(generator.standard_normal((3000, 42)).astype(np.float32))
+    labels = torch.from_numpy(generator.integers(0, 6, 3000))
+    with threadpool_limits(threads, user_api="blas"):
+        result = fit(model, (features[:2500], labels[:2500]), (features[2500:], labels[2500:]), lr=0.05,
+                     momentum=0.9, batch_size=256, config=config, n_classes=6)
+    return b"".join(tensor.numpy().tobytes() for tensor in result.best_state.values())
+
+
+def test_training_gives_the_same_bytes_whatever_the_blas_thread_count(monkeypatch):
+    """Training multiplies in numpy's BLAS (blas.py), which OpenBLAS splits by thread count: fit fixes the count."""
+    one = _trained_weights(1)
+    assert _trained_weights(2) == one
+    monkeypatch.setattr("spotify_genre.blas.inference_threads", lambda: None)  # negative control: unfixed
+    assert _trained_weights(2) != one
 
 
 def test_an_unpinned_child_gets_the_environment_from_before_the_pin():
