@@ -1,8 +1,8 @@
 """Matrix products on the CPU through numpy's BLAS, with their gradients: how the model multiplies in training.
 
 Under the numerics pin (numerics.py) torch's own products run on oneMKL's COMPATIBLE branch, which uses no AVX:
-for this model's shapes OpenBLAS's pinned Haswell kernels, numpy's BLAS, are about six times as fast on one
-core, and a training step is mostly matrix products. Inference already runs them there (inference.py); `matmul`
+for this model's shapes OpenBLAS's pinned Haswell kernels, numpy's BLAS, are several times as fast on one
+core, and those products were more than half of a training step. Inference already runs them there (inference.py); `matmul`
 lets training do the same inside autograd. Both paths give the same bytes on every x86-64 CPU with AVX2, on a
 fixed number of BLAS threads: OpenBLAS, like oneMKL, splits a product another way on more threads, and by default
 runs one per core, so whoever multiplies (training, inference) does it inside `fixed_threads()`.

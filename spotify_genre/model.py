@@ -42,16 +42,14 @@ class PeriodicEmbedding(nn.Module):
         self.bias = nn.Parameter(torch.empty(*shape, dim).uniform_(-bound, bound))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        columns = inputs.t()  # (inputs, rows): each input's products are one batch of the matmul
-        if self.frequencies.dim() == 2:
-            angles = (2.0 * math.pi) * columns.unsqueeze(-1) * self.frequencies.unsqueeze(1)  # (inputs, rows, k)
-            periodic = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
-            embedded = torch.relu(blas.matmul(periodic, self.weight) + self.bias.unsqueeze(1))
-            return embedded.transpose(0, 1).flatten(1)
-        angles = (2.0 * math.pi) * columns[None, :, :, None] * self.frequencies.unsqueeze(2)  # (m, inputs, rows, k)
+        single = self.frequencies.dim() == 2
+        frequencies, weight, bias = (p.unsqueeze(0) if single else p for p in (self.frequencies, self.weight, self.bias))
+        # Members and inputs lead, so each input's products are one batch of the matmul: (m, inputs, rows, k).
+        angles = (2.0 * math.pi) * inputs.t()[None, :, :, None] * frequencies.unsqueeze(2)
         periodic = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
-        embedded = torch.relu(blas.matmul(periodic, self.weight) + self.bias.unsqueeze(2))
-        return embedded.permute(2, 0, 1, 3).flatten(2)
+        embedded = torch.relu(blas.matmul(periodic, weight) + bias.unsqueeze(2))
+        out = embedded.permute(2, 0, 1, 3).flatten(2)  # (rows, m, inputs * dim)
+        return out[:, 0] if single else out
 
 
 class EmbeddedMLP(nn.Module):

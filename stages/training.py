@@ -162,6 +162,7 @@ def _summarise(loss: float, predictions: torch.Tensor, labels: torch.Tensor,
     return loss, accuracy(confusion), macro_f1(confusion)
 
 
+@fixed_threads()  # the products run in numpy's BLAS, whose thread count splits them
 def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], *,
         lr: float, momentum: float, batch_size: int, config: TrainParams, n_classes: int,
         on_epoch: Callable[[EpochMetrics, bool], None] | None = None) -> FitResult:
@@ -184,47 +185,46 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
     best_loss, best_epoch, waited = math.inf, 0, 0
     epoch_seconds: list[float] = []
     train_seconds = 0.0
-    with fixed_threads():
-        for epoch in range(1, config.max_epochs + 1):
-            started = time.perf_counter()
-            lr_now = optimizer.param_groups[0]["lr"]
-            model.train()
-            permutation = torch.randperm(len(train_y), generator=order).to(train_x.device)
-            shuffled_x, shuffled_y = train_x[permutation], train_y[permutation]
-            losses, predictions = [], []
-            for start, stop in bounds:
-                logits = model(shuffled_x[start:stop])
-                loss = member_loss(loss_fn, logits, shuffled_y[start:stop])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.detach() / members)
-                predictions.append(combined_logits(logits.detach()).argmax(dim=1))
-            mean_loss = (torch.stack(losses).double() @ batch_rows).item() / len(train_y)
-            train_metrics = _summarise(mean_loss, torch.cat(predictions), shuffled_y, n_classes)
-            train_seconds += time.perf_counter() - started
-            val_metrics = _evaluate(model, val_x, val_y, n_classes)
-            metrics = EpochMetrics(epoch, lr_now, *train_metrics, *val_metrics)
-            if not (math.isfinite(metrics.train_loss) and math.isfinite(metrics.val_loss)):
-                raise PipelineError(f"training diverged at epoch {epoch} (train loss {metrics.train_loss}, "
-                                    f"val loss {metrics.val_loss}): lower lr (now {lr}) or momentum")
-            history.append(metrics)
+    for epoch in range(1, config.max_epochs + 1):
+        started = time.perf_counter()
+        lr_now = optimizer.param_groups[0]["lr"]
+        model.train()
+        permutation = torch.randperm(len(train_y), generator=order).to(train_x.device)
+        shuffled_x, shuffled_y = train_x[permutation], train_y[permutation]
+        losses, predictions = [], []
+        for start, stop in bounds:
+            logits = model(shuffled_x[start:stop])
+            loss = member_loss(loss_fn, logits, shuffled_y[start:stop])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach() / members)
+            predictions.append(combined_logits(logits.detach()).argmax(dim=1))
+        mean_loss = (torch.stack(losses).double() @ batch_rows).item() / len(train_y)
+        train_metrics = _summarise(mean_loss, torch.cat(predictions), shuffled_y, n_classes)
+        train_seconds += time.perf_counter() - started
+        val_metrics = _evaluate(model, val_x, val_y, n_classes)
+        metrics = EpochMetrics(epoch, lr_now, *train_metrics, *val_metrics)
+        if not (math.isfinite(metrics.train_loss) and math.isfinite(metrics.val_loss)):
+            raise PipelineError(f"training diverged at epoch {epoch} (train loss {metrics.train_loss}, "
+                                f"val loss {metrics.val_loss}): lower lr (now {lr}) or momentum")
+        history.append(metrics)
 
-            improved = metrics.val_loss < best_loss - config.min_delta
-            if improved:
-                best_loss, best_epoch, waited = metrics.val_loss, epoch, 0
-                best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-            else:
-                waited += 1
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(metrics.val_loss)
-            elif scheduler is not None:
-                scheduler.step()
-            epoch_seconds.append(time.perf_counter() - started)
-            if on_epoch is not None:
-                on_epoch(metrics, improved)
-            if waited >= config.patience:
-                break
+        improved = metrics.val_loss < best_loss - config.min_delta
+        if improved:
+            best_loss, best_epoch, waited = metrics.val_loss, epoch, 0
+            best_state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        else:
+            waited += 1
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(metrics.val_loss)
+        elif scheduler is not None:
+            scheduler.step()
+        epoch_seconds.append(time.perf_counter() - started)
+        if on_epoch is not None:
+            on_epoch(metrics, improved)
+        if waited >= config.patience:
+            break
     return FitResult(best_state, history, best_epoch, epoch_seconds, train_seconds)
 
 
