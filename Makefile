@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install repro test test-fast test-install sweep tune bench lock clean help
+.PHONY: install repro test test-fast test-install sweep seeds tune bench lock clean help
 
 help:
 	@echo "make repro      set up .venv and run the DVC pipeline (dvc repro)"
@@ -13,6 +13,7 @@ help:
 	@echo "make test-fast  unit tests only (no dvc end-to-end runs)"
 	@echo "make test-install  pip install . into a fresh venv: predict works, no pipeline packages (minutes)"
 	@echo "make sweep      queue and run the default hyperparameter grid, then compare"
+	@echo "make seeds      the pipeline on split seeds 2, 3, 4 as experiments, then the MLP against its peers"
 	@echo "make tune       run the Optuna study of tuning.yaml on data/processed/ (TUNE_WORKERS=2 processes)"
 	@echo "make bench      measure pipeline speed and write reports/bench.json"
 	@echo "make lock       re-resolve dependencies into requirements/constraints.txt"
@@ -40,6 +41,13 @@ test-fast: $(STAMP)
 test-install: $(STAMP)
 	$(BIN)/python -m pytest -m install
 
+# Run every experiment queued under $$name ($$name or $$name-N) on $(1) workers and print each failed run's log;
+# leaves the failed runs' names in $$failed.
+RUN_QUEUED = $(BIN)/dvc exp run --run-all --jobs $(1); \
+	failed=$$($(BIN)/dvc queue status | \
+	  awk -v n="$$name" '($$2 == n || index($$2, n "-") == 1) && $$NF == "Failed" { print $$2 }'); \
+	for exp in $$failed; do echo; echo "--- dvc queue logs $$exp"; $(BIN)/dvc queue logs $$exp; done
+
 # The default grid (3 x 2 = 6 experiments); override on the command line, e.g.
 #   make sweep SWEEP_LR=0.003,0.03 SWEEP_BATCH=64 SWEEP_JOBS=1
 SWEEP_LR ?= 0.01,0.03,0.1
@@ -47,16 +55,28 @@ SWEEP_BATCH ?= 128,512
 SWEEP_JOBS ?= 2
 # `dvc exp show` columns kept for the comparison: the swept params beside test accuracy and macro-F1.
 SWEEP_COLUMNS := ^(Experiment|(params\.yaml:)?(lr|momentum|batch_size)|(reports/metrics\.json:)?(accuracy|f1_macro))$$
-# Queue the grid under one name, run it, print every failed run's log, compare, and fail if any run failed.
+# Queue the grid under one name, run it, compare, and fail if any run failed.
 sweep: $(STAMP)
 	@set -e; name=sweep-$$(date +%Y%m%d-%H%M%S); \
 	$(BIN)/dvc exp run --queue --name $$name -S 'lr=$(SWEEP_LR)' -S 'batch_size=$(SWEEP_BATCH)'; \
-	$(BIN)/dvc exp run --run-all --jobs $(SWEEP_JOBS); \
-	failed=$$($(BIN)/dvc queue status | awk -v p="$$name-" 'index($$2, p) == 1 && $$NF == "Failed" { print $$2 }'); \
-	for exp in $$failed; do echo; echo "--- dvc queue logs $$exp"; $(BIN)/dvc queue logs $$exp; done; \
+	$(call RUN_QUEUED,$(SWEEP_JOBS)); \
 	echo; $(BIN)/dvc exp show --md --sort-by reports/metrics.json:accuracy --sort-order desc --hide-failed \
 	  --drop '.*' --keep '$(SWEEP_COLUMNS)'; \
 	if [ -n "$$failed" ]; then echo "make sweep: failed:" $$failed "(logs above)" >&2; exit 1; fi
+
+# The README's seed table: the whole pipeline once per split seed (SEEDS, comma-separated), each a DVC experiment,
+# then the MLP against its peers over those runs (stages/seed_table.py); fails if any run failed. SEEDS_SET adds
+# `dvc exp run` overrides to every run, e.g.
+#   make seeds SEEDS=2,3,4,5 SEEDS_JOBS=1 SEEDS_SET="-S split.group_by=track_artist"
+SEEDS ?= 2,3,4
+SEEDS_JOBS ?= 2
+SEEDS_SET ?=
+seeds: $(STAMP)
+	@set -e; name=seeds-$$(date +%Y%m%d-%H%M%S); \
+	$(BIN)/dvc exp run --queue --name $$name -S 'split.seed=$(SEEDS)' $(SEEDS_SET); \
+	$(call RUN_QUEUED,$(SEEDS_JOBS)); \
+	if [ -n "$$failed" ]; then echo "make seeds: failed:" $$failed "(logs above)" >&2; exit 1; fi; \
+	echo; $(BIN)/python -m stages.seed_table --name $$name
 
 # The study of tuning.yaml (docs/tuning.md) on the pipeline's own processed splits, which it brings up to date first.
 # Killed and started again, it continues; e.g. make tune TUNE_ARGS="--trials 100 --storage postgresql://host/db"

@@ -1,4 +1,5 @@
-"""Experiments: `dvc exp run -S`, and `make sweep` through DVC's queue, in a temporary project on synthetic data."""
+"""Experiments: `dvc exp run -S`, and `make sweep` and `make seeds` through DVC's queue, in a temporary project on
+synthetic data."""
 
 from __future__ import annotations
 
@@ -141,6 +142,31 @@ def test_make_sweep_runs_the_grid_compares_it_and_fails_loudly_on_a_bad_run(proj
         cells = dict(zip(header, (cell.strip() for cell in rows[name].strip("|").split("|"))))
         assert float(cells["accuracy"]) == pytest.approx(recorded[name]["metrics"]["accuracy"], abs=1e-4)
         assert float(cells["f1_macro"]) == pytest.approx(recorded[name]["metrics"]["f1_macro"], abs=1e-4)
+
+
+def test_make_seeds_runs_the_pipeline_per_split_seed_and_tables_the_mlp_against_its_peers(project):
+    venv = BIN.parent
+    seeds = run(["make", "-f", str(ROOT / "Makefile"), "-o", str(venv / ".installed"), "seeds", f"VENV={venv}",
+                 "SEEDS=5,6", "SEEDS_JOBS=2"], project)
+
+    names = re.findall(r"Queued experiment '([^']+)'", seeds.stdout)
+    recorded = experiments(project)
+    assert sorted(recorded[name]["params"]["split"]["seed"] for name in names) == [5, 6], seeds.stdout
+    by_seed = {recorded[name]["params"]["split"]["seed"]: recorded[name]["metrics"] for name in names}
+    assert by_seed[5]["accuracy"] != by_seed[6]["accuracy"], "two split seeds, one result: nothing was re-split"
+
+    table = [[cell.strip() for cell in row.strip("|").split("|")] for row in seeds.stdout.splitlines()
+             if row.startswith("|")]
+    assert table[0] == ["test accuracy / macro-F1", "seed 5", "seed 6", "mean", "val mean"], seeds.stdout
+    mlp = table[2]
+    assert mlp[0] == "MLP"
+    for cell, seed in zip(mlp[1:3], (5, 6)):
+        assert cell == f"{by_seed[seed]['accuracy']:.4f} / {by_seed[seed]['f1_macro']:.4f}"
+    assert [row[0] for row in table[3:] if len(row) == 5] == ["HistGradientBoosting"], seeds.stdout  # not majority
+    difference = by_seed[6]["baselines"]["hist_gradient_boosting"]["difference"]["accuracy"]
+    intervals = [row for row in table if len(row) == 3]
+    assert intervals[-1][0] == "HistGradientBoosting", seeds.stdout
+    assert intervals[-1][2].startswith(f"{difference['estimate']:+.4f} ["), seeds.stdout
 
 
 def test_exp_push_and_pull_share_an_experiment_through_git_and_the_remote(project, tmp_path):
