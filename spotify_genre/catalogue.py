@@ -43,12 +43,12 @@ PROBLEM_COLUMNS = ["row", "column", "value", "reason", "line"]
 UNPARSED = "a numeric column could not be parsed"  # read_songs' message when pandas cannot tokenize the CSV
 
 
-def required_columns(input_features: tuple[str, ...] | list[str], text_fields: tuple[str, ...] = ()) -> tuple[str, ...]:
+def required_columns(input_features: tuple[str, ...] | list[str], song_fields: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The raw columns the model's inputs are derived from: those of its features, in schema order, then the text
-    fields it scores."""
+    and id fields it scores (Preprocessor.song_fields)."""
     derived = any(name in DERIVED_FEATURES for name in input_features)
     numeric = tuple(name for name in INPUT_COLUMNS if name in input_features or (name == RELEASE_DATE and derived))
-    return numeric + tuple(field for field in text_fields if field not in numeric)
+    return numeric + tuple(field for field in song_fields if field not in numeric)
 
 
 @dataclass

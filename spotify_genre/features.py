@@ -13,6 +13,8 @@ CATEGORICAL_FEATURES = ("key", "mode", "release_date_precision")
 # release_date_precision: how much of the date Spotify knows, 0 = year, 1 = year and month, 2 = full date.
 # The text columns that can be turned into genre scores (text_scores.py); playlist fields never can.
 TEXT_FIELDS = ("track_name", "track_album_name", "track_artist")
+# The columns whose exact value can be looked up among the training songs' (id_scores.py).
+ID_FIELDS = ("track_album_id", "track_artist")
 
 
 def release_date_parts(dates: pd.Series) -> pd.DataFrame:

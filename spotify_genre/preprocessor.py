@@ -12,8 +12,11 @@ Categorical feature (key, mode, release_date_precision): missing -> the most fre
 onehot (one column per training category, `key_5`; an unseen category gives all zeros) or ordinal (the
 category's position among the sorted training categories; an unseen category gives -1).
 Text field (preprocess.text.fields): one standardised genre score per genre, `track_name_rock`, from a naive
-Bayes model of the field's character n-grams (text_scores.py); its two arrays per field are too large for JSON
-and go to an .npz beside it (`<name>.npz`, read with allow_pickle=False), whose sha256 the JSON records.
+Bayes model of the field's character n-grams (text_scores.py).
+Id field (preprocess.ids.fields): one standardised score per genre, `track_album_id_rock`, and
+`track_album_id_songs`, from the genres of the training songs with the same id (id_scores.py).
+The arrays of text and id fields are too large for JSON and go to an .npz beside it (`<name>.npz`, read with
+allow_pickle=False), whose sha256 each section that has arrays records.
 
 model_inputs(pre, songs) turns raw songs into the model's inputs.
 """
@@ -33,7 +36,8 @@ from pydantic import Field, model_validator
 
 from spotify_genre.atomic import write_json, write_with
 from spotify_genre.errors import BundleError, DataError
-from spotify_genre.features import CANDIDATE_FEATURES, CATEGORICAL_FEATURES, TEXT_FIELDS, candidate_features
+from spotify_genre.features import CANDIDATE_FEATURES, CATEGORICAL_FEATURES, ID_FIELDS, TEXT_FIELDS, candidate_features
+from spotify_genre.id_scores import IdScorer
 from spotify_genre.schema import GENRES
 from spotify_genre.text_scores import TextScorer
 from spotify_genre.validation import (Finite, Positive, PositiveInt, Sha256, Strict, parse_json, read_bytes,
@@ -86,6 +90,19 @@ class TextSection(Strict):
     fields: Annotated[dict[Literal[TEXT_FIELDS], TextFieldStats], Field(min_length=1)]
 
 
+class IdFieldStats(Strict):
+    alpha: Positive
+    prior: Annotated[list[Positive], Field(min_length=len(GENRES), max_length=len(GENRES))]
+    center: Annotated[list[Finite], Field(min_length=len(GENRES) + 1, max_length=len(GENRES) + 1)]
+    scale: Annotated[list[Positive], Field(min_length=len(GENRES) + 1, max_length=len(GENRES) + 1)]
+
+
+class IdSection(Strict):
+    arrays: Literal[ARRAYS_SUFFIX]
+    arrays_sha256: Sha256
+    fields: Annotated[dict[Literal[ID_FIELDS], IdFieldStats], Field(min_length=1)]
+
+
 class PreprocessorFile(Strict):
     """The JSON file, as to_dict() writes it."""
 
@@ -98,6 +115,13 @@ class PreprocessorFile(Strict):
     numeric: dict[str, NumericStats]
     categorical: dict[str, CategoricalStats]
     text: TextSection | None = None
+    ids: IdSection | None = None
+
+    @property
+    def arrays_sha256(self) -> str | None:
+        """The sha256 of the .npz beside the file; None where it has no arrays."""
+        section = self.text or self.ids
+        return None if section is None else section.arrays_sha256
 
     @model_validator(mode="after")
     def _each_input_described_once(self) -> PreprocessorFile:
@@ -113,6 +137,8 @@ class PreprocessorFile(Strict):
                                  f"{'categorical' if categorical else 'numeric'}")
         if len(self.numeric) + len(self.categorical) != len(self.input_features):
             raise ValueError("numeric and categorical describe features that are not in input_features")
+        if self.text is not None and self.ids is not None and self.text.arrays_sha256 != self.ids.arrays_sha256:
+            raise ValueError("text and ids name different arrays (their arrays_sha256 differ)")
         return self
 
 
@@ -168,6 +194,7 @@ class Preprocessor:
     columns: tuple[Column, ...]
     classes: tuple[str, ...] = GENRES
     text: tuple[TextScorer, ...] = ()
+    ids: tuple[IdScorer, ...] = ()
     # The sha256 of the JSON file it was loaded from (None if fitted in this process): the model bundle records
     # the one it was trained with.
     sha256: str | None = field(default=None, compare=False)
@@ -182,12 +209,23 @@ class Preprocessor:
         return tuple(scorer.field for scorer in self.text)
 
     @property
+    def id_fields(self) -> tuple[str, ...]:
+        return tuple(scorer.field for scorer in self.ids)
+
+    @property
+    def song_fields(self) -> tuple[str, ...]:
+        """The song columns it reads besides the candidate features: its text fields, then its id fields."""
+        return self.text_fields + tuple(field for field in self.id_fields if field not in self.text_fields)
+
+    @property
     def output_features(self) -> tuple[str, ...]:
         return (tuple(name for column in self.columns for name in column.outputs)
-                + tuple(name for scorer in self.text for name in scorer.outputs))
+                + tuple(name for scorer in self.text for name in scorer.outputs)
+                + tuple(name for scorer in self.ids for name in scorer.outputs))
 
     def transform(self, features: pd.DataFrame) -> np.ndarray:
-        """The candidate features' part of the model inputs (float32): all of them unless there are text fields.
+        """The candidate features' part of the model inputs (float32): all of them unless there are text or id
+        fields.
 
         Use model_inputs(pre, songs) to turn songs into the model's inputs."""
         absent = [name for name in self.input_features if name not in features.columns]
@@ -199,7 +237,8 @@ class Preprocessor:
         return np.ascontiguousarray(np.hstack(blocks), dtype=np.float32)
 
     def to_dict(self, arrays_sha256: str | None = None) -> dict[str, Any]:
-        """The JSON content; with text fields, `arrays_sha256` is the sha256 of the .npz holding their arrays."""
+        """The JSON content; with text or id fields, `arrays_sha256` is the sha256 of the .npz holding their
+        arrays."""
         data = {
             "format_version": FORMAT_VERSION,
             "data_sha256": self.data_sha256,
@@ -215,15 +254,21 @@ class Preprocessor:
         if self.text:
             data["text"] = {"arrays": ARRAYS_SUFFIX, "arrays_sha256": arrays_sha256,
                             "fields": {scorer.field: scorer.to_dict() for scorer in self.text}}
+        if self.ids:
+            data["ids"] = {"arrays": ARRAYS_SUFFIX, "arrays_sha256": arrays_sha256,
+                           "fields": {scorer.field: scorer.to_dict() for scorer in self.ids}}
         return data
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {name: array for scorer in self.text for name, array in scorer.arrays().items()}
+        """The text and id fields' arrays, each named `<field>.<array>`; a field both scores (track_artist) keeps
+        its text arrays and its id arrays apart by their names."""
+        return {name: array for scorer in (*self.text, *self.ids) for name, array in scorer.arrays().items()}
 
     @classmethod
     def from_file(cls, data: PreprocessorFile, arrays: dict[str, np.ndarray],
                   sha256: str | None = None) -> Preprocessor:
-        """Rebuild from a validated file and its arrays (with text fields); ValueError if they do not agree."""
+        """Rebuild from a validated file and its arrays (with text or id fields); ValueError if they do not
+        agree."""
         columns = tuple(
             NumericColumn(name, **data.numeric[name].model_dump()) if name in data.numeric
             else CategoricalColumn(name, data.categorical[name].impute, tuple(data.categorical[name].categories),
@@ -231,7 +276,10 @@ class Preprocessor:
             for name in data.input_features)
         text = () if data.text is None else tuple(
             _text_scorer(name, stats, arrays) for name, stats in data.text.fields.items())
-        pre = cls(data_sha256=data.data_sha256, scaler=data.scaler, columns=columns, text=text, sha256=sha256)
+        ids = () if data.ids is None else tuple(
+            _id_scorer(name, stats, arrays) for name, stats in data.ids.fields.items())
+        pre = cls(data_sha256=data.data_sha256, scaler=data.scaler, columns=columns, text=text, ids=ids,
+                  sha256=sha256)
         if data.output_features != list(pre.output_features):
             raise ValueError("output_features do not match the features and categories described")
         return pre
@@ -248,16 +296,27 @@ def _text_scorer(name: str, stats: TextFieldStats, arrays: dict[str, np.ndarray]
                       tuple(stats.scale))
 
 
+def _id_scorer(name: str, stats: IdFieldStats, arrays: dict[str, np.ndarray]) -> IdScorer:
+    keys, counts = arrays.get(f"{name}.keys"), arrays.get(f"{name}.counts")
+    if keys is None or keys.dtype.kind != "U" or keys.ndim != 1 or (keys[1:] <= keys[:-1]).any():
+        raise ValueError(f"array {name + '.keys'!r} must be distinct strings in sorted order")
+    if (counts is None or counts.dtype != np.int32 or counts.shape != (len(keys), len(GENRES))
+            or (counts < 0).any()):
+        raise ValueError(f"array {name + '.counts'!r} must be non-negative int32 of shape {(len(keys), len(GENRES))}")
+    return IdScorer(name, keys, counts, tuple(stats.prior), stats.alpha, tuple(stats.center), tuple(stats.scale))
+
+
 def model_inputs(pre: Preprocessor, songs: pd.DataFrame) -> np.ndarray:
     """The model's inputs (float32, one column per output feature) for raw songs: what the model sees."""
-    absent = [field for field in pre.text_fields if field not in songs.columns]
+    absent = [field for field in pre.song_fields if field not in songs.columns]
     if absent:
-        raise DataError(f"column {absent[0]!r} is missing; the preprocessor scores the text of "
-                        f"{', '.join(pre.text_fields)}")
+        raise DataError(f"column {absent[0]!r} is missing; the preprocessor scores these columns: "
+                        f"{', '.join(pre.song_fields)}")
     features = pre.transform(candidate_features(songs, pre.input_features))
-    if not pre.text:
+    if not pre.text and not pre.ids:
         return features
-    scores = [scorer.transform(songs[scorer.field]) for scorer in pre.text]
+    scores = ([scorer.transform(songs[scorer.field]) for scorer in pre.text]
+              + [scorer.transform(songs[scorer.field]) for scorer in pre.ids])
     return np.ascontiguousarray(np.hstack([features, *scores]), dtype=np.float32)
 
 
@@ -273,24 +332,24 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def save_preprocessor(path: str | os.PathLike, pre: Preprocessor) -> None:
-    """Write the JSON and, beside it, the .npz of the text arrays (empty without text fields, so the file a
-    pipeline declares always exists)."""
+    """Write the JSON and, beside it, the .npz of the text and id arrays (empty without such fields, so the file
+    a pipeline declares always exists)."""
     content = _npz_bytes(pre.arrays())
     write_with(arrays_path(path), lambda tmp: tmp.write_bytes(content))
     write_json(path, pre.to_dict(hashlib.sha256(content).hexdigest()))
 
 
-def _read_arrays(path: Path, text: TextSection | None) -> dict[str, np.ndarray]:
-    """The .npz the JSON's text section names, checked against its recorded sha256; {} without text."""
-    if text is None:
+def _read_arrays(path: Path, sha256: str | None) -> dict[str, np.ndarray]:
+    """The .npz the JSON's text and id sections name, checked against their recorded sha256; {} without them."""
+    if sha256 is None:
         return {}
     where = arrays_path(path)
     try:
         content = where.read_bytes()
     except FileNotFoundError:
-        raise BundleError(f"{where}: not found; it holds the text arrays of {path} "
+        raise BundleError(f"{where}: not found; it holds the text and id arrays of {path} "
                           "(run `dvc repro preprocess`, or copy it beside the JSON)") from None
-    if hashlib.sha256(content).hexdigest() != text.arrays_sha256:
+    if hashlib.sha256(content).hexdigest() != sha256:
         raise BundleError(f"{where}: its sha256 is not the one {path} records; the two come from different runs "
                           "(run `dvc repro preprocess`)")
     try:
@@ -301,13 +360,13 @@ def _read_arrays(path: Path, text: TextSection | None) -> dict[str, np.ndarray]:
 
 
 def load_preprocessor(path: str | os.PathLike) -> Preprocessor:
-    """Read and check a preprocessor JSON (and its .npz with text fields); anything missing, malformed or of
+    """Read and check a preprocessor JSON (and its .npz with text or id fields); anything missing, malformed or of
     another version is a BundleError."""
     path = Path(path)
     content = read_bytes(path, BundleError, "not found; run `dvc repro preprocess` to create it")
     parsed = parse_json(content, path, BundleError, "run `dvc repro preprocess` again")
     data = validated(PreprocessorFile, parsed, f"{path}: not a valid preprocessor", BundleError)
     try:
-        return Preprocessor.from_file(data, _read_arrays(path, data.text), hashlib.sha256(content).hexdigest())
+        return Preprocessor.from_file(data, _read_arrays(path, data.arrays_sha256), hashlib.sha256(content).hexdigest())
     except ValueError as error:
         raise BundleError(f"{path}: not a valid preprocessor: {error}") from None

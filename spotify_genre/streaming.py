@@ -102,7 +102,7 @@ class Predictor:
         self.settings = settings
         self.pre = load_preprocessor(settings.preprocessor)
         self.classes = tuple(self.pre.classes)
-        self.required = required_columns(self.pre.input_features, self.pre.text_fields)
+        self.required = required_columns(self.pre.input_features, self.pre.song_fields)
         self._scoring = remembering(self.pre)  # the preprocessor, its text scores remembered across chunks
         self._model = None
         self._loading = threading.Lock()

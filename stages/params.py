@@ -10,7 +10,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from spotify_genre.errors import ParamsError
-from spotify_genre.features import CANDIDATE_FEATURES, CATEGORICAL_FEATURES, TEXT_FIELDS
+from spotify_genre.features import CANDIDATE_FEATURES, CATEGORICAL_FEATURES, ID_FIELDS, TEXT_FIELDS
 from spotify_genre.schema import PLAYLIST_FIELDS
 from spotify_genre.validation import NonNegativeInt, PositiveInt, Sha256, Strict, validated
 
@@ -66,14 +66,14 @@ class SelectParams(Strict):
         return candidates
 
 
-def known_text_fields(fields: list[str]) -> list[str]:
-    """Text fields a model may read: known, distinct, and never a playlist field."""
+def known_fields(fields: list[str], known: tuple[str, ...] = TEXT_FIELDS, kind: str = "text") -> list[str]:
+    """Song fields a model may read: known, distinct, and never a playlist field."""
     for name in fields:
         if name in PLAYLIST_FIELDS:
             raise ValueError(f"{name!r} is a playlist field: it determines the genre and must never be a "
                              "model input")
-        if name not in TEXT_FIELDS:
-            raise ValueError(f"unknown text field {name!r}; text fields are {', '.join(TEXT_FIELDS)}")
+        if name not in known:
+            raise ValueError(f"unknown {kind} field {name!r}; {kind} fields are {', '.join(known)}")
     if len(set(fields)) != len(fields):
         raise ValueError("a field is listed twice")
     return fields
@@ -90,7 +90,7 @@ class TextParams(Strict):
     @field_validator("fields")
     @classmethod
     def _known_and_safe(cls, fields: list[str]) -> list[str]:
-        return known_text_fields(fields)
+        return known_fields(fields)
 
     @model_validator(mode="after")
     def _ngram_range(self) -> TextParams:
@@ -99,11 +99,23 @@ class TextParams(Strict):
         return self
 
 
+class IdParams(Strict):
+    fields: list[str]
+    alpha: Annotated[float, Field(gt=0.0, le=1000.0)]
+    folds: Annotated[int, Field(ge=2, le=20)]
+
+    @field_validator("fields")
+    @classmethod
+    def _known_and_safe(cls, fields: list[str]) -> list[str]:
+        return known_fields(fields, ID_FIELDS, "id")
+
+
 class PreprocessParams(Strict):
     categorical: Literal["onehot", "ordinal"]
     scaler: Literal["standard", "robust"]
     log_transform: list[str]
     text: TextParams
+    ids: IdParams
 
     @field_validator("log_transform")
     @classmethod
@@ -131,7 +143,7 @@ class TextEncoderParams(Strict):
     @field_validator("fields")
     @classmethod
     def _text_fields(cls, fields: list[str]) -> list[str]:
-        return known_text_fields(fields)
+        return known_fields(fields)
 
     @model_validator(mode="after")
     def _fields_to_encode(self) -> TextEncoderParams:

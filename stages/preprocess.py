@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, split in processed.items():
         write_processed(processed_path(name), split)
     save_preprocessor(PREPROCESSOR, pre)
-    text = f" and {len(pre.text)} text fields" if pre.text else ""
+    scored = [f"{len(fields)} {kind} fields" for kind, fields in (("text", pre.text), ("id", pre.ids)) if fields]
+    text = f" and {' and '.join(scored)}" if scored else ""
     print(f"preprocess: {len(pre.input_features)} features{text} -> {len(pre.output_features)} model inputs; "
           + ", ".join(f"{name} {len(split.labels)} rows" for name, split in processed.items()))
     return 0

@@ -17,8 +17,9 @@ from spotify_genre.errors import DataError, ParamsError
 from spotify_genre.features import CATEGORICAL_FEATURES, candidate_features
 from spotify_genre.preprocessor import CategoricalColumn, Column, NumericColumn, Preprocessor
 from spotify_genre.schema import GENRES, LABEL
+from spotify_genre.id_scores import IdScorer, id_genre_scores, lookup_counts
 from spotify_genre.text_scores import TextScorer, ngram_counts, posterior, row_chunks, weighted
-from stages.params import PreprocessParams, TextParams
+from stages.params import IdParams, PreprocessParams, TextParams
 
 
 def _scale_guard(scale: float, center: float) -> float:
@@ -72,14 +73,15 @@ def fit_model_inputs(train: pd.DataFrame, selected: list[str], params: Preproces
                      groups: pd.Series) -> tuple[Preprocessor, np.ndarray]:
     """Fit on the training songs alone; return the preprocessor and those songs' model inputs.
 
-    The text scores of these songs are out of fold, by `groups` (see spotify_genre/text_scores.py): for any other
-    songs, model_inputs gives the scores of the model of all training songs."""
+    The text and id scores of these songs are out of fold, by `groups` (see spotify_genre/text_scores.py and
+    id_scores.py): for any other songs, model_inputs gives the scores of the model of all training songs."""
     features = candidate_features(train, selected)
     labels = encode_labels(train[LABEL])
-    fitted = [fit_text_scorer(train[field], labels, groups, field, params.text) for field in params.text.fields]
+    text = [fit_text_scorer(train[field], labels, groups, field, params.text) for field in params.text.fields]
+    ids = [fit_id_scorer(train[field], labels, groups, field, params.ids) for field in params.ids.fields]
     pre = dataclasses.replace(fit_preprocessor(features, params, data_sha256=data_sha256),
-                              text=tuple(scorer for scorer, _ in fitted))
-    inputs = np.hstack([pre.transform(features), *(scores for _, scores in fitted)])
+                              text=tuple(scorer for scorer, _ in text), ids=tuple(scorer for scorer, _ in ids))
+    inputs = np.hstack([pre.transform(features), *(scores for _, scores in text), *(scores for _, scores in ids)])
     return pre, np.ascontiguousarray(inputs, dtype=np.float32)
 
 
@@ -138,12 +140,45 @@ def fit_text_scorer(texts: pd.Series, labels: np.ndarray, groups: pd.Series, fie
             at = np.flatnonzero(in_fold == f)
             scores[part.start + at] = posterior(weights[at], table, prior)
 
-    center = scores.mean(axis=0)
-    scale = scores.std(axis=0)
-    scale = np.where(scale > 1e-12, scale, 1.0)
+    standardised, center, scale = _standardised(scores)
     scorer = TextScorer(
         field=field, buckets=buckets, ngram_min=params.ngram_min, ngram_max=params.ngram_max, idf=idf,
         log_likelihood=_log_likelihood(sums.sum(axis=0), params.alpha).astype(np.float32),
         log_prior=tuple(float(v) for v in _log_prior(class_rows.sum(axis=0))),
-        center=tuple(float(v) for v in center), scale=tuple(float(v) for v in scale))
-    return scorer, (scores - center) / scale
+        center=center, scale=scale)
+    return scorer, standardised
+
+
+def _standardised(scores: np.ndarray) -> tuple[np.ndarray, tuple[float, ...], tuple[float, ...]]:
+    """Scores less their column means over their column standard deviations (1 for a constant column), and the
+    two, for the scorer to apply to new songs."""
+    center = scores.mean(axis=0)
+    scale = scores.std(axis=0)
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    return (scores - center) / scale, tuple(float(v) for v in center), tuple(float(v) for v in scale)
+
+
+def id_counts(ids: pd.Series, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct ids present (sorted) and how many of their rows are in each genre, (ids, classes) int32."""
+    present = ids.notna().to_numpy() & (ids.astype(object).where(ids.notna(), "").astype("str") != "").to_numpy()
+    keys, position = np.unique(ids[present].astype("str").to_numpy(dtype=str), return_inverse=True)
+    counts = np.zeros((len(keys), len(GENRES)), dtype=np.int32)
+    np.add.at(counts, (position, labels[present]), 1)
+    return keys, counts
+
+
+def fit_id_scorer(ids: pd.Series, labels: np.ndarray, groups: pd.Series, field: str,
+                  params: IdParams) -> tuple[IdScorer, np.ndarray]:
+    """The field's lookup fitted on training rows, and those rows' standardised out-of-fold scores."""
+    prior = np.exp(_log_prior(np.bincount(labels, minlength=len(GENRES))))
+    keys, counts = id_counts(ids, labels)
+    fold = fold_of(groups, params.folds)
+    scores = np.empty((len(ids), len(GENRES) + 1))
+    for f in range(params.folds):
+        inside = fold == f
+        other_keys, other_counts = id_counts(ids[~inside], labels[~inside])
+        scores[inside] = id_genre_scores(lookup_counts(ids[inside], other_keys, other_counts), prior, params.alpha)
+    standardised, center, scale = _standardised(scores)
+    scorer = IdScorer(field=field, keys=keys, counts=counts, prior=tuple(float(v) for v in prior),
+                      alpha=params.alpha, center=center, scale=scale)
+    return scorer, standardised

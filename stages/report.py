@@ -142,7 +142,13 @@ def _preprocessing_lines(preprocessor: dict) -> list[str]:
     if text_fields:
         lines.append("- Six genre scores per text field, from a naive Bayes model over hashed character n-grams "
                      "(training rows scored out of fold): " + ", ".join(f"`{name}`" for name in text_fields) + ".")
-    lines.append("- Missing values imputed, scaling, categories and text scores fitted, on the training split only.")
+    id_fields = list(preprocessor.get("ids", {}).get("fields", {}))
+    if id_fields:
+        lines.append("- Six genre scores and a song count per id field, from the genres of the training songs with "
+                     "the same id (training rows scored out of fold): " + ", ".join(f"`{name}`" for name in id_fields)
+                     + ".")
+    lines.append("- Missing values imputed, scaling, categories, text and id scores fitted, on the training split "
+                 "only.")
     return lines
 
 

@@ -59,8 +59,10 @@ def _rewritten(text: str, blank_every: int = 0, eol: str = "\n") -> tuple[bytes,
 
 
 def _catalogue(rows: int = ROWS, seed: int = 3) -> pd.DataFrame:
-    """Synthetic songs whose titles need quoting: quotes, commas, and titles of two and three lines."""
+    """Synthetic songs whose titles need quoting: quotes, commas, and titles of two and three lines; the songs of
+    an album name share an album id (the synthetic table's own ids are all distinct), so album scores vary."""
     songs = synthetic_songs(rows, seed=seed)
+    songs["track_album_id"] = songs["track_album_name"].str.replace("Album ", "album-", regex=False)
     names = songs["track_name"].to_numpy(dtype=object, copy=True)
     names[::7] = 'He said "hi", then left'
     names[3::11] = "Two\nlines"
@@ -389,7 +391,7 @@ def test_dask_cluster_of_two_workers_gives_the_same_shards(bundle, tmp_path, pre
 def test_read_input_reads_a_whole_csv_as_before(catalogue_csv, bundle):
     pre = load_preprocessor(bundle[1])
     songs, problems = read_csv_bytes(catalogue_csv[0], "songs.csv", required_columns(pre.input_features,
-                                                                                      pre.text_fields))
+                                                                                      pre.song_fields))
     assert len(songs) == ROWS and problems.empty
 
 
@@ -468,8 +470,8 @@ def test_fast_csv_writes_the_bytes_of_predictions_csv():
 
 @pytest.fixture(scope="module")
 def text_bundle(tmp_path_factory) -> tuple[Path, Path]:
-    """A preprocessor with the text scores of titles and album names (fitted on songs whose names repeat, as
-    _catalogue's do), and a seeded untrained model bundle for it."""
+    """A preprocessor with the text scores of titles and album names and the album id scores (fitted on songs
+    whose names and albums repeat, as _catalogue's do), and a seeded untrained model bundle for it."""
     import torch
 
     from spotify_genre.bundle import load_bundle, save_bundle
@@ -492,7 +494,7 @@ def text_bundle(tmp_path_factory) -> tuple[Path, Path]:
                 feature_names=pre.output_features, class_names=list(pre.classes),
                 preprocessor={"path": "preprocessor.json", "sha256": sha256_of(folder / "preprocessor.json")},
                 params={}, data_sha256=ZERO_SHA)
-    assert load_bundle(folder / "model.pt").feature_names[-1] == "track_album_name_rock"
+    assert load_bundle(folder / "model.pt").feature_names[-8:-6] == ("track_album_name_rock", "track_album_id_edm")
     return folder / "model.pt", folder / "preprocessor.json"
 
 

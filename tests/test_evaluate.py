@@ -411,7 +411,7 @@ def test_the_majority_alone_has_no_strongest_peer_and_a_peer_must_be_named():
     ("reports/baselines.json", "reports/baselines.json: not found; run `dvc repro baselines` first"),
     (str(BASELINE_PREDICTIONS), f"{BASELINE_PREDICTIONS}: not found; run `dvc repro baselines` first"),
     ("models/preprocessor.json", "models/preprocessor.json: not found; run `dvc repro preprocess`"),
-    ("models/preprocessor.npz", "models/preprocessor.npz: not found; it holds the text arrays of "
+    ("models/preprocessor.npz", "models/preprocessor.npz: not found; it holds the text and id arrays of "
                                 "models/preprocessor.json"),
     ("dvclive/plots/metrics/val/loss.tsv", "dvclive/plots/metrics/val/loss.tsv: not found"),
     ("data/split/val.parquet", "data/split/val.parquet: not found; run `dvc repro split` first"),

@@ -497,7 +497,7 @@ def test_model_inputs_equal_the_processed_test_split(pipeline):
     pre = load_preprocessor(pipeline / "models" / "preprocessor.json")
     data = pd.read_parquet(pipeline / "data" / "split" / "test.parquet").to_csv(index=False).encode()
     songs, problems = cli.read_input(data, "test.csv", cli.required_columns(pre.input_features,
-                                                                                    pre.text_fields))
+                                                                                    pre.song_fields))
     assert problems.empty
     processed = read_processed(pipeline / "data" / "processed" / "test.parquet")
     features = model_inputs(pre, songs)

@@ -24,14 +24,16 @@ from spotify_genre.schema import GENRES, LABEL, PLAYLIST_FIELDS, RELEASE_DATE, T
 from spotify_genre.synthetic import synthetic_songs
 from stages import preprocess, select, split
 from stages.artifacts import SPLITS, read_processed
-from stages.params import PreprocessParams, TextParams, load_params
+from stages.params import IdParams, PreprocessParams, TextParams, load_params
 from stages.preprocessor_fit import encode_labels, fit_preprocessor
 from tests.conftest import ROOT, make_project, needs_real_data, real_zip, run, write_params
 
 SHA = "ab" * 32
 NUMERIC = ["danceability", "loudness", "speechiness", "tempo", "release_year", "release_month"]
 NO_TEXT = TextParams(fields=[], buckets=1024, ngram_min=2, ngram_max=4, alpha=0.1, folds=5)
-PARAMS = PreprocessParams(categorical="onehot", scaler="standard", log_transform=["speechiness"], text=NO_TEXT)
+NO_IDS = IdParams(fields=[], alpha=1.0, folds=5)
+PARAMS = PreprocessParams(categorical="onehot", scaler="standard", log_transform=["speechiness"], text=NO_TEXT,
+                          ids=NO_IDS)
 
 
 @pytest.fixture(scope="module")

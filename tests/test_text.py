@@ -52,7 +52,9 @@ def splits() -> dict[str, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def preprocessor_params():
-    return parse_params(with_overrides(default_params(), {"preprocess.text.buckets": 512})).preprocess
+    """The default text fields alone (the id scores have their own tests, tests/test_id_scores.py)."""
+    return parse_params(with_overrides(default_params(), {"preprocess.text.buckets": 512,
+                                                          "preprocess.ids.fields": []})).preprocess
 
 
 # --- hashed character n-grams -------------------------------------------------------------------------------
@@ -172,7 +174,8 @@ def test_model_inputs_append_the_text_scores(fitted, splits):
 
 def test_a_missing_text_column_is_named(fitted, splits):
     pre, _ = fitted
-    with pytest.raises(DataError, match="column 'track_album_name' is missing; the preprocessor scores the text"):
+    with pytest.raises(DataError, match="column 'track_album_name' is missing; the preprocessor scores these "
+                                        "columns: track_name, track_album_name$"):
         model_inputs(pre, splits["test"].drop(columns="track_album_name"))
 
 
@@ -214,7 +217,7 @@ def saved(fitted, tmp_path):
 
 def test_a_missing_npz_says_what_to_do(saved):
     arrays_path(saved).unlink()
-    with pytest.raises(BundleError, match=r"preprocessor.npz: not found; it holds the text arrays of .*copy it"):
+    with pytest.raises(BundleError, match=r"preprocessor.npz: not found; it holds the text and id arrays of .*copy it"):
         load_preprocessor(saved)
 
 
