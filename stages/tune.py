@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 from spotify_genre.cli import whole_number
 from spotify_genre.errors import ParamsError, PipelineError, exits_cleanly
 from spotify_genre.validation import validated
+from stages.dvc_cli import dvc_executable
 from stages.params import PARAMS_FILE, load_params, read_yaml
 from stages.tuning_space import TUNING_FILE, TuningSettings, dvc_overrides, load_settings, search_space
 
@@ -163,14 +163,6 @@ def _run_workers(args: argparse.Namespace, settings) -> list[int]:
     return [index for index, process in enumerate(workers, start=1) if process.exitcode != 0]
 
 
-def _dvc() -> str:
-    beside = Path(sys.executable).with_name("dvc")
-    found = str(beside) if beside.is_file() else shutil.which("dvc")
-    if found is None:
-        raise PipelineError("dvc not found: install the pipeline extra (`make install`)")
-    return found
-
-
 def _experiments(args: argparse.Namespace, settings, space) -> int:
     from optuna.trial import TrialState
 
@@ -186,7 +178,7 @@ def _experiments(args: argparse.Namespace, settings, space) -> int:
     if not complete:
         raise PipelineError(f"study {settings.study!r} in {shown} has no complete trial yet")
     chosen = complete[:args.queue] if args.queue else complete[:1]
-    dvc = _dvc()
+    dvc = dvc_executable()
     existing = set(subprocess.run([dvc, "exp", "ls", "--all-commits", "--name-only"], capture_output=True,
                                   text=True).stdout.split())
     for trial in chosen:
