@@ -37,6 +37,19 @@ def _ids(rng: np.random.Generator, count: int) -> np.ndarray:
     return np.concatenate(blocks) if blocks else np.array([], dtype="<U22")
 
 
+def _album_ids(rng: np.random.Generator, genre: np.ndarray) -> np.ndarray:
+    """Each song's album: about four songs an album, all of one genre, as on the real data, so that the album genre
+    scores (id_scores.py) have something to find. The ids are drawn as one id a row, so every later column gets the
+    random numbers it got when each song had an album of its own; a song's album number within its genre is a fixed
+    scramble of its row number."""
+    drawn = _ids(rng, len(genre))
+    if not len(genre):
+        return drawn
+    per_genre = max(len(genre) // (4 * len(GENRES)), 1)
+    number = (np.arange(len(genre), dtype=np.uint64) * np.uint64(2654435761)) % np.uint64(per_genre)
+    return drawn[(genre * per_genre + number.astype(np.int64)) % len(genre)]
+
+
 def _digits(numbers: np.ndarray, width: int = 1) -> np.ndarray:
     """Non-negative integers in decimal, zero-padded to `width` (f"{n:0{width}d}"), as a numpy string array."""
     numbers = np.asarray(numbers)
@@ -78,7 +91,7 @@ def synthetic_songs(rows: int, seed: int) -> pd.DataFrame:
         "track_name": _text(_join("Song ", _digits(np.arange(rows)))),
         "track_artist": _text(_join("Artist ", _digits(rng.integers(0, max(rows // 10, 1), rows)))),
         "track_popularity": np.clip(np.round(_GENRE_POPULARITY[genre] + rng.normal(0, 20, rows)), 0, 100).astype(int),
-        "track_album_id": _text(_ids(rng, rows)),
+        "track_album_id": _text(_album_ids(rng, genre)),
         "track_album_name": _text(_join("Album ", _digits(rng.integers(0, max(rows // 3, 1), rows)))),
         "track_album_release_date": dates,
         "playlist_name": _text(_join(subgenre, " mix ", _digits(playlist_number))),

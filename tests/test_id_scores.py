@@ -24,23 +24,10 @@ SHA = "cd" * 32
 PARAMS = IdParams(fields=["track_album_id"], alpha=1.0, folds=5)
 
 
-def albummed_songs(rows: int, seed: int) -> pd.DataFrame:
-    """Synthetic songs on albums of one to eight songs, each album's songs of one genre (the synthetic table's own
-    album ids are all distinct)."""
-    songs = synthetic_songs(rows, seed)
-    rng = np.random.default_rng(seed)
-    album = np.empty(rows, dtype=object)
-    for genre, rows_of_genre in songs.groupby(LABEL).indices.items():
-        sizes = rng.integers(1, 9, len(rows_of_genre))
-        owner = np.repeat(np.arange(len(sizes)), sizes)[:len(rows_of_genre)]
-        album[rows_of_genre] = [f"album-{genre}-{number}" for number in owner]
-    songs["track_album_id"] = album
-    return songs
-
-
 @pytest.fixture(scope="module")
 def songs() -> pd.DataFrame:
-    return albummed_songs(1200, seed=3)
+    """Synthetic songs: about four to an album, each album of one genre."""
+    return synthetic_songs(1200, seed=3)
 
 
 def by_hand(counts: np.ndarray, prior: np.ndarray, alpha: float) -> np.ndarray:
