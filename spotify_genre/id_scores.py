@@ -34,10 +34,15 @@ def id_genre_scores(counts: np.ndarray, prior: np.ndarray, alpha: float) -> np.n
     return np.hstack([np.log(smoothed) - np.log(prior), np.log1p(songs)])
 
 
+def id_strings(ids: pd.Series) -> np.ndarray:
+    """The ids as a numpy string array, "" where missing (no id: nothing to look up)."""
+    return ids.astype(object).where(ids.notna(), "").astype("str").to_numpy(dtype=str)
+
+
 def lookup_counts(ids: pd.Series, keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """(rows, classes) the genre counts of each row's id among `keys` (sorted, distinct); zeros for an id not
     there or missing."""
-    values = ids.astype(object).where(ids.notna(), "").astype("str").to_numpy(dtype=str)
+    values = id_strings(ids)
     found = np.zeros((len(values), counts.shape[1]), dtype=np.float64)
     if len(keys) == 0:
         return found

@@ -313,10 +313,9 @@ def model_inputs(pre: Preprocessor, songs: pd.DataFrame) -> np.ndarray:
         raise DataError(f"column {absent[0]!r} is missing; the preprocessor scores these columns: "
                         f"{', '.join(pre.song_fields)}")
     features = pre.transform(candidate_features(songs, pre.input_features))
-    if not pre.text and not pre.ids:
+    scores = [scorer.transform(songs[scorer.field]) for scorer in (*pre.text, *pre.ids)]
+    if not scores:
         return features
-    scores = ([scorer.transform(songs[scorer.field]) for scorer in pre.text]
-              + [scorer.transform(songs[scorer.field]) for scorer in pre.ids])
     return np.ascontiguousarray(np.hstack([features, *scores]), dtype=np.float32)
 
 

@@ -16,8 +16,8 @@ from scipy import sparse
 from spotify_genre.errors import DataError, ParamsError
 from spotify_genre.features import CATEGORICAL_FEATURES, candidate_features
 from spotify_genre.preprocessor import CategoricalColumn, Column, NumericColumn, Preprocessor
+from spotify_genre.id_scores import IdScorer, id_genre_scores, id_strings, lookup_counts
 from spotify_genre.schema import GENRES, LABEL
-from spotify_genre.id_scores import IdScorer, id_genre_scores, lookup_counts
 from spotify_genre.text_scores import TextScorer, ngram_counts, posterior, row_chunks, weighted
 from stages.params import IdParams, PreprocessParams, TextParams
 
@@ -160,8 +160,9 @@ def _standardised(scores: np.ndarray) -> tuple[np.ndarray, tuple[float, ...], tu
 
 def id_counts(ids: pd.Series, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct ids present (sorted) and how many of their rows are in each genre, (ids, classes) int32."""
-    present = ids.notna().to_numpy() & (ids.astype(object).where(ids.notna(), "").astype("str") != "").to_numpy()
-    keys, position = np.unique(ids[present].astype("str").to_numpy(dtype=str), return_inverse=True)
+    values = id_strings(ids)
+    present = values != ""
+    keys, position = np.unique(values[present], return_inverse=True)
     counts = np.zeros((len(keys), len(GENRES)), dtype=np.int32)
     np.add.at(counts, (position, labels[present]), 1)
     return keys, counts

@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="the experiments' name, as `make seeds` queued them")
     args = parser.parse_args(argv)
     try:
-        shown = subprocess.run([dvc_executable(), "exp", "show", "--json"], check=True, capture_output=True, text=True).stdout
+        shown = subprocess.run([dvc_executable(), "exp", "show", "--json"], check=True, capture_output=True,
+                               text=True).stdout
         print("\n".join(seed_tables(named_runs(json.loads(shown), args.name))))
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
