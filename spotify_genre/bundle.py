@@ -43,6 +43,11 @@ class TextEncoder(Strict):
     hidden: PositiveInt
 
 
+class SubgenreOutputs(Strict):
+    names: list[str]
+    genres: list[NonNegativeInt]
+
+
 class Architecture(Strict):
     """build_mlp's arguments; without `embedding` (or with null) the inputs go straight into the MLP."""
 
@@ -53,12 +58,23 @@ class Architecture(Strict):
     embedding: Embedding | None = None
     members: PositiveInt = 1
     text_encoder: TextEncoder | None = None
+    subgenres: SubgenreOutputs | None = None
 
     @model_validator(mode="after")
     def _embedded_columns_exist(self) -> Architecture:
         columns = self.embedding.columns if self.embedding else []
         if len(set(columns)) != len(columns) or any(column >= self.n_features for column in columns):
             raise ValueError(f"embedding.columns must be distinct input columns below n_features ({self.n_features})")
+        return self
+
+    @model_validator(mode="after")
+    def _subgenres_cover_every_class(self) -> Architecture:
+        if self.subgenres is None:
+            return self
+        genres = self.subgenres.genres
+        if len(genres) != len(self.subgenres.names) or genres != sorted(genres) or set(genres) != set(
+                range(self.n_classes)):
+            raise ValueError("subgenres: one genre per name, in order, and every class among them")
         return self
 
 

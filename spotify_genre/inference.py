@@ -13,6 +13,7 @@ and stays with torch, as does any model off the CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -22,7 +23,8 @@ import torch
 from torch import nn
 
 from spotify_genre.blas import fixed_threads
-from spotify_genre.model import EmbeddedMLP, EnsembleBatchNorm, EnsembleLinear, Linear, PeriodicEmbedding
+from spotify_genre.model import (EmbeddedMLP, EnsembleBatchNorm, EnsembleLinear, GenreMixture, Linear,
+                                 PeriodicEmbedding)
 
 Layer = Callable[[np.ndarray], np.ndarray]
 
@@ -112,11 +114,13 @@ def _layer(module: nn.Module) -> Layer | None:
 
 @dataclass(frozen=True)
 class Network:
-    """A compiled model: logits (rows, classes) for a single MLP, (members, rows, classes) for an ensemble."""
+    """A compiled model: logits (rows, outputs) for a single MLP, (members, rows, outputs) for an ensemble. With
+    `genre_starts` the outputs are subgenres, ordered by genre, each genre's starting where given."""
 
     embedding: Embedding | None
     layers: tuple[Layer, ...]
     ensemble: bool
+    genre_starts: np.ndarray | None = None
 
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         hidden = np.ascontiguousarray(inputs, dtype=np.float32)
@@ -134,7 +138,10 @@ class Network:
         log_probabilities = _log_softmax(self.logits(inputs).astype(np.float64))
         if self.ensemble:
             log_probabilities = _log_mean_exp(log_probabilities)
-        return np.exp(log_probabilities)
+        probabilities = np.exp(log_probabilities)
+        if self.genre_starts is not None:
+            probabilities = np.add.reduceat(probabilities, self.genre_starts, axis=-1)
+        return probabilities
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -158,6 +165,12 @@ def _embedding(model: EmbeddedMLP) -> Embedding:
 
 def compile_network(model: nn.Module) -> Network | None:
     """The numpy forward pass of a model.build_mlp network, or None where it has a part this module lacks."""
+    if type(model) is GenreMixture:
+        network = compile_network(model.network)
+        if network is None:
+            return None
+        starts = np.array([int(getattr(model, f"genre_{g}")[0]) for g in range(model.n_classes)], dtype=np.intp)
+        return dataclasses.replace(network, genre_starts=starts)
     embedding, mlp = (_embedding(model), model.mlp) if type(model) is EmbeddedMLP else (None, model)
     if type(mlp) is not nn.Sequential:
         return None

@@ -103,9 +103,31 @@ class EnsembleBatchNorm(nn.BatchNorm1d):
         return super().forward(inputs.flatten(1)).view(-1, *self.shape)
 
 
+class GenreMixture(nn.Module):
+    """A network whose outputs are subgenre logits, read as genres (spotify_genre/subgenres.py): forward gives each
+    genre's log-probability, the log of the sum of its subgenres' probabilities, so whatever reads logits (the
+    loss, log_probabilities, argmax) reads genres. `genres`: each output's genre, non-decreasing."""
+
+    def __init__(self, network: nn.Module, genres: Sequence[int], n_classes: int):
+        super().__init__()
+        self.network, self.n_classes = network, n_classes
+        groups = [[k for k, genre in enumerate(genres) if genre == g] for g in range(n_classes)]
+        for g, group in enumerate(groups):
+            self.register_buffer(f"genre_{g}", torch.tensor(group, dtype=torch.long), persistent=False)
+
+    def genre_log_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(…, subgenres) logits -> (…, genres) log-probabilities."""
+        log_probs = torch.log_softmax(logits, dim=-1)
+        return torch.stack([torch.logsumexp(log_probs.index_select(-1, getattr(self, f"genre_{g}")), dim=-1)
+                            for g in range(self.n_classes)], dim=-1)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.genre_log_probabilities(self.network(inputs))
+
+
 def build_mlp(n_features: int, n_classes: int, hidden_sizes: Sequence[int], dropout: float,
               embedding: dict[str, Any] | None = None, members: int = 1,
-              text_encoder: dict[str, Any] | None = None) -> nn.Module:
+              text_encoder: dict[str, Any] | None = None, subgenres: dict[str, Any] | None = None) -> nn.Module:
     """Each hidden layer Linear → BatchNorm1d → ReLU → Dropout; a final Linear gives the logits.
 
     `embedding` ({columns, frequencies, dim, sigma}): those input columns go through a PeriodicEmbedding first.
@@ -113,7 +135,12 @@ def build_mlp(n_features: int, n_classes: int, hidden_sizes: Sequence[int], drop
     deep ensemble trained in one pass; the logits are then (rows, members, classes), see `log_probabilities`.
     `text_encoder` ({kind, fields, max_chars, embedding_dim, hidden}): the input matrix also carries the
     character codes of those text fields (text_encoder.with_characters), read by a recurrent encoder whose
-    output joins the features."""
+    output joins the features.
+    `subgenres` ({names, genres}): the network learns one output per subgenre, read as genres by GenreMixture."""
+    if subgenres is not None:
+        network = build_mlp(n_features, len(subgenres["names"]), hidden_sizes, dropout, embedding, members,
+                            text_encoder)
+        return GenreMixture(network, subgenres["genres"], n_classes)
     if text_encoder is not None:
         encoder = CharacterEncoder(text_encoder["kind"], text_encoder["embedding_dim"], text_encoder["hidden"])
         fields = len(text_encoder["fields"])
@@ -175,7 +202,7 @@ def model_members(model: nn.Module) -> int:
 
 
 def _n_classes(model: nn.Module) -> int:
-    return _output_bias(model).shape[-1]
+    return model.n_classes if isinstance(model, GenreMixture) else _output_bias(model).shape[-1]
 
 
 def predict_proba(model: nn.Module, features: np.ndarray, device: torch.device | None = None,

@@ -17,7 +17,8 @@ GENRES = ("edm", "latin", "pop", "r&b", "rap", "rock")
 LABEL = "playlist_genre"
 TRACK_ID = "track_id"
 RELEASE_DATE = "track_album_release_date"
-PLAYLIST_FIELDS = ("playlist_name", "playlist_id", "playlist_subgenre")
+SUBGENRE_FIELD = "playlist_subgenre"  # a finer label than LABEL (spotify_genre/subgenres.py), never an input
+PLAYLIST_FIELDS = ("playlist_name", "playlist_id", SUBGENRE_FIELD)
 RELEASE_DATE_PATTERN = r"^\d{4}(-\d{2}(-\d{2})?)?$"
 
 

@@ -19,6 +19,7 @@ from spotify_genre.schema import COLUMN_NAMES, GENRES, TRACK_ID
 from spotify_genre.validation import read_json
 
 SPLITS = ("train", "val", "test")
+SUBGENRE = "subgenre"  # the processed splits' column of the songs' playlist_subgenre
 RAW_SONGS = Path("data/raw/spotify_songs.csv")  # download -> split
 SPLIT_DIR = Path("data/split")  # split -> select, preprocess, evaluate: validated songs, every raw column
 SPLIT_REPORT = Path("reports/split.json")  # split -> preprocess, evaluate
@@ -60,12 +61,14 @@ def read_split(name: str, columns: tuple[str, ...] = COLUMN_NAMES) -> pd.DataFra
 
 @dataclass(frozen=True)
 class ProcessedSplit:
-    """A model-ready split: `track_id`, integer `label` (index into GENRES), then float32 feature columns."""
+    """A model-ready split: `track_id`, integer `label` (index into GENRES), the playlist `subgenre` (a finer
+    label, never an input; "" where the song has none), then float32 feature columns."""
 
     features: np.ndarray  # float32, (rows, len(feature_names))
     labels: np.ndarray  # int64, index into GENRES
     track_ids: np.ndarray  # str
     feature_names: tuple[str, ...]
+    subgenres: np.ndarray | None = None  # str; None where the file predates the column
 
 
 def processed_path(split: str, folder: str | os.PathLike = PROCESSED_DIR) -> Path:
@@ -74,6 +77,8 @@ def processed_path(split: str, folder: str | os.PathLike = PROCESSED_DIR) -> Pat
 
 def write_processed(path: str | os.PathLike, split: ProcessedSplit) -> None:
     frame = pd.DataFrame(split.features.astype(np.float32, copy=False), columns=list(split.feature_names))
+    if split.subgenres is not None:
+        frame.insert(0, SUBGENRE, pd.Series(split.subgenres, dtype="str"))
     frame.insert(0, "label", split.labels.astype(np.int64, copy=False))
     frame.insert(0, "track_id", pd.Series(split.track_ids, dtype="str"))
     write_parquet(path, frame)
@@ -83,7 +88,7 @@ def read_processed(path: str | os.PathLike) -> ProcessedSplit:
     """One processed split, checked: rows present, labels in range, every feature a finite number."""
     frame = _read_parquet(path, "preprocess")
     again = "run `dvc repro preprocess` again"
-    names = tuple(column for column in frame.columns if column not in ("track_id", "label"))
+    names = tuple(column for column in frame.columns if column not in ("track_id", "label", SUBGENRE))
     missing = [column for column in ("track_id", "label") if column not in frame.columns]
     if missing:
         raise DataError(f"{path}: no {missing[0]!r} column; {again}")
@@ -97,8 +102,9 @@ def read_processed(path: str | os.PathLike) -> ProcessedSplit:
     if len(bad_rows):
         raise DataError(f"{path}: row {bad_rows[0] + 1}, column {names[bad_columns[0]]!r}: "
                         f"not a finite number (the preprocessed data should have none); {again}")
+    subgenres = frame[SUBGENRE].to_numpy(dtype=str) if SUBGENRE in frame.columns else None
     return ProcessedSplit(features=features, labels=labels, track_ids=frame["track_id"].to_numpy(dtype=str),
-                          feature_names=names)
+                          feature_names=names, subgenres=subgenres)
 
 
 def read_processed_splits(names: tuple[str, ...] = SPLITS,

@@ -52,7 +52,8 @@ def fit_baselines(splits: dict[str, ProcessedSplit],
         # One OpenMP thread: HistGradientBoosting's threads synchronise at every tree node, and on a CPU
         # shared with any other work two threads ran 5-10x slower than one (23k rows: 2.3 s on one thread).
         with threadpool_limits(1, user_api="openmp"):
-            fitted = fit_peer(name, params, train.features[rows], train.labels[rows], val.features, val.labels)
+            fitted = fit_peer(name, params, train.features[rows], train.labels[rows], val.features, val.labels,
+                              None if train.subgenres is None else train.subgenres[rows], val.subgenres)
             predicted = {"val": fitted.predict(val.features), "test": fitted.predict(test.features)}
         models[name] = rounded({"val": label_metrics(val.labels, predicted["val"], len(GENRES)),
                                 "test": label_metrics(test.labels, predicted["test"], len(GENRES)),

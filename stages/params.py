@@ -159,6 +159,7 @@ class TrainParams(Strict):
     optimizer: Literal["sgd", "adamw"]
     weight_decay: Annotated[float, Field(ge=0.0)]
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)]
+    subgenre_weight: Annotated[float, Field(ge=0.0, le=100.0)]
     hidden_sizes: Annotated[list[PositiveInt], Field(min_length=1)]
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
     members: Annotated[int, Field(ge=1, le=64)]
@@ -188,7 +189,11 @@ LearningRate = Annotated[float, Field(gt=0.0, le=1.0)]
 BoostingRounds = Annotated[int, Field(ge=1, le=100_000)]
 
 
+PeerTarget = Literal["genre", "subgenre"]  # subgenre: fit the playlist subgenres, sum them to genres
+
+
 class LightGBMParams(Strict):
+    target: PeerTarget
     learning_rate: LearningRate
     num_leaves: Annotated[int, Field(ge=2, le=131_072)]
     min_data_in_leaf: PositiveInt
@@ -200,6 +205,7 @@ class LightGBMParams(Strict):
 
 
 class XGBoostParams(Strict):
+    target: PeerTarget
     learning_rate: LearningRate
     max_depth: Annotated[int, Field(ge=1, le=20)]
     min_child_weight: Annotated[float, Field(ge=0.0, le=1.0e6)]

@@ -12,7 +12,9 @@ from typing import Callable
 
 import numpy as np
 
+from spotify_genre.errors import DataError
 from spotify_genre.schema import GENRES
+from spotify_genre.subgenres import fit_subgenres
 from stages.params import BaselinesParams, LightGBMParams, XGBoostParams
 
 
@@ -23,12 +25,24 @@ class Fitted:
 
 
 def fit_peer(name: str, params: BaselinesParams, features: np.ndarray, labels: np.ndarray,
-             val_features: np.ndarray, val_labels: np.ndarray) -> Fitted:
-    """Baseline `name` fitted on (features, labels); the boosted trees stop early on the validation rows."""
-    if name == "lightgbm":
-        return _lightgbm(params.lightgbm, params.seed, features, labels, val_features, val_labels)
-    if name == "xgboost":
-        return _xgboost(params.xgboost, params.seed, features, labels, val_features, val_labels)
+             val_features: np.ndarray, val_labels: np.ndarray, subgenres: np.ndarray | None = None,
+             val_subgenres: np.ndarray | None = None) -> Fitted:
+    """Baseline `name` fitted on (features, labels); the boosted trees stop early on the validation rows. A
+    boosted tree whose `target` is subgenre fits the rows' `subgenres` instead (spotify_genre/subgenres.py),
+    stops early on the validation rows' (`val_subgenres`), and predicts the genre whose subgenres' summed
+    probability is highest."""
+    if name in ("lightgbm", "xgboost"):
+        settings = getattr(params, name)
+        fit = _lightgbm if name == "lightgbm" else _xgboost
+        if settings.target == "genre":
+            return fit(settings, params.seed, features, labels, val_features, val_labels, len(GENRES), _argmax)
+        if subgenres is None or val_subgenres is None:
+            raise DataError(f"baselines.{name}.target: subgenre needs the processed splits' subgenre column; "
+                            "run `dvc repro preprocess` again")
+        vocabulary = fit_subgenres(labels, subgenres)
+        return fit(settings, params.seed, features, vocabulary.codes(labels, subgenres), val_features,
+                   vocabulary.codes(val_labels, val_subgenres), len(vocabulary.names),
+                   lambda probabilities: _argmax(vocabulary.genre_probabilities(probabilities)))
     model = _scikit_learn(name, params)
     model.fit(features, labels)
     rounds = getattr(model, "n_iter_", None)  # HistGradientBoosting's own early stopping, on 10% of `features`
@@ -48,12 +62,17 @@ def _scikit_learn(name: str, params: BaselinesParams):
     raise ValueError(f"unknown baseline {name!r}")
 
 
+def _argmax(probabilities: np.ndarray) -> np.ndarray:
+    return probabilities.argmax(axis=1)
+
+
 def _lightgbm(params: LightGBMParams, seed: int, features: np.ndarray, labels: np.ndarray,
-              val_features: np.ndarray, val_labels: np.ndarray) -> Fitted:
+              val_features: np.ndarray, val_labels: np.ndarray, classes: int,
+              decide: Callable[[np.ndarray], np.ndarray]) -> Fitted:
     import lightgbm
 
     settings = {
-        "objective": "multiclass", "num_class": len(GENRES), "metric": "multi_logloss",
+        "objective": "multiclass", "num_class": classes, "metric": "multi_logloss",
         "learning_rate": params.learning_rate, "num_leaves": params.num_leaves,
         "min_data_in_leaf": params.min_data_in_leaf, "feature_fraction": params.feature_fraction,
         "bagging_fraction": params.bagging_fraction, "bagging_freq": 1, "lambda_l2": params.lambda_l2,
@@ -65,15 +84,16 @@ def _lightgbm(params: LightGBMParams, seed: int, features: np.ndarray, labels: n
     booster = lightgbm.train(settings, train, num_boost_round=params.max_rounds, valid_sets=[val],
                              valid_names=["val"], callbacks=[stop])
     rounds = booster.best_iteration
-    return Fitted(lambda rows: booster.predict(rows, num_iteration=rounds).argmax(axis=1), rounds)
+    return Fitted(lambda rows: decide(booster.predict(rows, num_iteration=rounds)), rounds)
 
 
 def _xgboost(params: XGBoostParams, seed: int, features: np.ndarray, labels: np.ndarray,
-             val_features: np.ndarray, val_labels: np.ndarray) -> Fitted:
+             val_features: np.ndarray, val_labels: np.ndarray, classes: int,
+             decide: Callable[[np.ndarray], np.ndarray]) -> Fitted:
     import xgboost
 
     settings = {
-        "objective": "multi:softprob", "num_class": len(GENRES), "eval_metric": "mlogloss",
+        "objective": "multi:softprob", "num_class": classes, "eval_metric": "mlogloss",
         "learning_rate": params.learning_rate, "max_depth": params.max_depth,
         "min_child_weight": params.min_child_weight, "subsample": params.subsample,
         "colsample_bytree": params.colsample_bytree, "reg_lambda": params.reg_lambda,
@@ -84,5 +104,5 @@ def _xgboost(params: XGBoostParams, seed: int, features: np.ndarray, labels: np.
     booster = xgboost.train(settings, train, num_boost_round=params.max_rounds, evals=[(val, "val")],
                             early_stopping_rounds=params.early_stopping_rounds, verbose_eval=False)
     rounds = booster.best_iteration + 1
-    return Fitted(lambda rows: booster.predict(xgboost.DMatrix(rows, nthread=1),
-                                               iteration_range=(0, rounds)).argmax(axis=1), rounds)
+    return Fitted(lambda rows: decide(booster.predict(xgboost.DMatrix(rows, nthread=1),
+                                                      iteration_range=(0, rounds))), rounds)

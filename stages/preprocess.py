@@ -11,7 +11,7 @@ import pandas as pd
 from spotify_genre.errors import DataError, exits_cleanly
 from spotify_genre.features import CANDIDATE_FEATURES
 from spotify_genre.preprocessor import Preprocessor, model_inputs, save_preprocessor
-from spotify_genre.schema import LABEL, TRACK_ID
+from spotify_genre.schema import LABEL, SUBGENRE_FIELD, TRACK_ID
 from spotify_genre.validation import SHA256_PATTERN
 from stages.artifacts import (ANOVA_REPORT, PREPROCESSOR, SPLIT_REPORT, SPLITS, ProcessedSplit, processed_path,
                               read_report, read_split, write_processed)
@@ -34,6 +34,7 @@ def preprocess_splits(splits: dict[str, pd.DataFrame], selected: list[str], para
             labels=encode_labels(songs[LABEL]),
             track_ids=songs[TRACK_ID].to_numpy(dtype=str),
             feature_names=pre.output_features,
+            subgenres=songs[SUBGENRE_FIELD].fillna("").to_numpy(dtype=str),
         )
         for name, songs in splits.items()
     }

@@ -29,7 +29,8 @@ from spotify_genre.schema import GENRES
 from stages.artifacts import LIVE_DIR, MODEL, PREPROCESSOR, processed_path, read_processed_splits
 from stages.model_inputs import model_inputs
 from stages.params import load_params
-from stages.training import EpochMetrics, FitResult, fit, model_architecture, on_device, seed_everything
+from stages.training import (EpochMetrics, FitResult, fit, model_architecture, on_device, seed_everything,
+                             subgenre_tensor)
 
 TIMING_PATH = Path("reports/timing/train.json")
 
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     progress = _Progress(config.max_epochs)
     try:
         result = fit(model, inputs["train"], inputs["val"], lr=params.lr, momentum=params.momentum,
-                     batch_size=params.batch_size, config=config, n_classes=len(GENRES), on_epoch=progress)
+                     batch_size=params.batch_size, config=config, n_classes=len(GENRES), on_epoch=progress,
+                     subgenres=subgenre_tensor(train, config, device))
     finally:
         progress.close()
 

@@ -18,10 +18,11 @@ import torch
 from torch import nn
 
 from spotify_genre.blas import fixed_threads
-from spotify_genre.errors import PipelineError
-from spotify_genre.model import log_probabilities, model_members
+from spotify_genre.errors import DataError, PipelineError
+from spotify_genre.model import GenreMixture, log_probabilities, model_members
 from spotify_genre.schema import GENRES
-from stages.artifacts import ProcessedSplit
+from spotify_genre.subgenres import fit_subgenres
+from stages.artifacts import ProcessedSplit, processed_path
 from stages.metrics import accuracy, macro_f1
 from stages.params import TrainParams
 
@@ -30,8 +31,8 @@ _EVAL_BATCH = 8192
 
 @dataclass(frozen=True)
 class EpochMetrics:
-    """One epoch. The train figures are averages over the epoch's batches, in training mode (the loss with
-    train.label_smoothing applied); the validation loss never smooths its labels."""
+    """One epoch. The train figures are averages over the epoch's batches, in training mode (the genres' loss with
+    train.label_smoothing applied, without the subgenres' term); the validation loss never smooths its labels."""
 
     epoch: int
     lr: float
@@ -132,12 +133,42 @@ def text_encoder_config(config: TrainParams) -> dict | None:
     return None if config.text_encoder.kind == "none" else config.text_encoder.model_dump()
 
 
+def subgenre_config(train: ProcessedSplit, config: TrainParams) -> dict | None:
+    """The architecture's `subgenres` entry ({names, genres} of the training rows' subgenres): None where
+    train.subgenre_weight is 0."""
+    if not config.subgenre_weight:
+        return None
+    subgenres = fit_subgenres(train.labels, _training_subgenres(train))
+    return {"names": list(subgenres.names), "genres": subgenres.genres.tolist()}
+
+
+def subgenre_targets(train: ProcessedSplit, config: TrainParams) -> np.ndarray | None:
+    """Each training row's subgenre (index into the architecture's `subgenres`), or None where they are unused."""
+    if not config.subgenre_weight:
+        return None
+    subgenres = _training_subgenres(train)
+    return fit_subgenres(train.labels, subgenres).codes(train.labels, subgenres)
+
+
+def subgenre_tensor(train: ProcessedSplit, config: TrainParams, device: torch.device) -> torch.Tensor | None:
+    """subgenre_targets as fit() takes them."""
+    targets = subgenre_targets(train, config)
+    return None if targets is None else torch.tensor(targets, device=device)
+
+
+def _training_subgenres(train: ProcessedSplit) -> np.ndarray:
+    if train.subgenres is None:
+        raise DataError(f"{processed_path('train')}: no subgenre column, which train.subgenre_weight needs; "
+                        "run `dvc repro preprocess` again")
+    return train.subgenres
+
+
 def model_architecture(train: ProcessedSplit, config: TrainParams) -> dict:
     """The bundle's `architecture`, build_mlp()'s arguments, for a model trained on `train` under `config`."""
     return {"n_features": len(train.feature_names), "n_classes": len(GENRES),
             "hidden_sizes": list(config.hidden_sizes), "dropout": float(config.dropout),
             "embedding": embedding_config(train.features, config), "members": config.members,
-            "text_encoder": text_encoder_config(config)}
+            "text_encoder": text_encoder_config(config), "subgenres": subgenre_config(train, config)}
 
 
 def _evaluate(model: nn.Module, features: torch.Tensor, labels: torch.Tensor,
@@ -165,11 +196,16 @@ def _summarise(loss: float, predictions: torch.Tensor, labels: torch.Tensor,
 @fixed_threads()  # the products run in numpy's BLAS, whose thread count splits them
 def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor], *,
         lr: float, momentum: float, batch_size: int, config: TrainParams, n_classes: int,
-        on_epoch: Callable[[EpochMetrics, bool], None] | None = None) -> FitResult:
+        on_epoch: Callable[[EpochMetrics, bool], None] | None = None,
+        subgenres: torch.Tensor | None = None) -> FitResult:
     """Train on tensors already on the model's device; stop early on validation loss; return the best weights.
 
-    Deterministic given the global torch seed (dropout) and `config.seed` (the order of the rows).
+    Deterministic given the global torch seed (dropout) and `config.seed` (the order of the rows). A GenreMixture
+    model also learns the training rows' `subgenres` (subgenre_targets), weighted by config.subgenre_weight.
     """
+    mixture = isinstance(model, GenreMixture)
+    if mixture != (subgenres is not None):
+        raise ValueError("a model with subgenre outputs trains with the rows' subgenres, and only such a model")
     train_x, train_y = train
     val_x, val_y = val
     optimizer = make_optimizer(model, lr, momentum, config)
@@ -191,14 +227,22 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
         model.train()
         permutation = torch.randperm(len(train_y), generator=order).to(train_x.device)
         shuffled_x, shuffled_y = train_x[permutation], train_y[permutation]
+        shuffled_subgenres = subgenres[permutation] if mixture else None
         losses, predictions = [], []
         for start, stop in bounds:
-            logits = model(shuffled_x[start:stop])
+            if mixture:
+                subgenre_logits = model.network(shuffled_x[start:stop])
+                logits = model.genre_log_probabilities(subgenre_logits)
+            else:
+                logits = model(shuffled_x[start:stop])
             loss = member_loss(loss_fn, logits, shuffled_y[start:stop])
+            losses.append(loss.detach() / members)  # the genres' loss: the curves read the same with or without
+            if mixture:
+                loss = loss + config.subgenre_weight * member_loss(loss_fn, subgenre_logits,
+                                                                   shuffled_subgenres[start:stop])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(loss.detach() / members)
             predictions.append(combined_logits(logits.detach()).argmax(dim=1))
         mean_loss = (torch.stack(losses).double() @ batch_rows).item() / len(train_y)
         train_metrics = _summarise(mean_loss, torch.cat(predictions), shuffled_y, n_classes)

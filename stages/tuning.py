@@ -26,7 +26,7 @@ from spotify_genre.model import build_mlp, resolve_device
 from spotify_genre.schema import GENRES
 from stages.artifacts import ProcessedSplit, processed_path, read_processed_splits
 from stages.model_inputs import model_inputs
-from stages.training import EpochMetrics, fit, model_architecture, on_device, seed_everything
+from stages.training import EpochMetrics, fit, model_architecture, on_device, seed_everything, subgenre_tensor
 from stages.tuning_space import SearchSpace, TuningSettings, trial_params, with_values
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -211,7 +211,8 @@ class Objective:
 
         try:
             result = fit(model, inputs["train"], inputs["val"], lr=params.lr, momentum=params.momentum,
-                         batch_size=params.batch_size, config=config, n_classes=len(GENRES), on_epoch=report)
+                         batch_size=params.batch_size, config=config, n_classes=len(GENRES), on_epoch=report,
+                         subgenres=subgenre_tensor(self.splits["train"], config, device))
         except optuna.TrialPruned:
             record.note = f"pruned after epoch {record.epochs}"
             record.save(trial)

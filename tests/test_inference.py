@@ -12,11 +12,14 @@ from spotify_genre.text_encoder import with_characters
 
 N_FEATURES, N_CLASSES = 12, 6
 EMBEDDING = {"columns": [0, 1, 2, 5, 7, 8, 9], "frequencies": 4, "dim": 3, "sigma": 0.5}
+SUBGENRES = {"names": ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"], "genres": [0, 0, 1, 2, 2, 2, 3, 4, 5, 5]}
 NETWORKS = {
     "plain": {},
     "embedded": {"embedding": EMBEDDING},
     "ensemble": {"members": 3},
     "embedded ensemble": {"embedding": EMBEDDING, "members": 3},
+    "subgenre outputs": {"embedding": EMBEDDING, "subgenres": SUBGENRES},
+    "subgenre outputs, ensemble": {"members": 3, "subgenres": SUBGENRES},
 }
 
 

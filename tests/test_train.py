@@ -195,7 +195,7 @@ def test_bundle_records_what_the_model_needs(two_runs):
         "n_features": len(NUMERIC), "n_classes": 6, "hidden_sizes": [32, 16], "dropout": 0.2,
         "embedding": {"columns": list(range(len(NUMERIC))), "frequencies": config["frequencies"],
                       "dim": config["dim"], "sigma": config["sigma"]},
-        "members": 1, "text_encoder": None}
+        "members": 1, "text_encoder": None, "subgenres": None}
     preprocessor_bytes = (root / "models/preprocessor.json").read_bytes()
     assert raw["preprocessor"] == {"path": "models/preprocessor.json",
                                    "sha256": hashlib.sha256(preprocessor_bytes).hexdigest()}
