@@ -110,6 +110,8 @@ class GenreMixture(nn.Module):
 
     def __init__(self, network: nn.Module, genres: Sequence[int], n_classes: int):
         super().__init__()
+        if list(genres) != sorted(genres) or set(genres) != set(range(n_classes)):
+            raise ValueError(f"subgenres' genres must be in order and hold every class 0..{n_classes - 1}")
         self.network, self.n_classes = network, n_classes
         groups = [[k for k, genre in enumerate(genres) if genre == g] for g in range(n_classes)]
         for g, group in enumerate(groups):

@@ -179,3 +179,38 @@ def test_a_boosted_peer_can_fit_the_subgenres_and_predict_genres(name):
     assert np.mean(predicted == labels[900:]) > 0.5
     with pytest.raises(Exception, match=f"baselines.{name}.target: subgenre needs"):
         fit_peer(name, params, features[:900], labels[:900], features[900:], labels[900:])
+
+
+def test_no_model_reads_the_test_rows_subgenres_and_the_mlp_not_the_validation_rows(tmp_path, monkeypatch, capsys):
+    """The subgenres are labels: the MLP learns the training rows' alone, the trees' early stopping reads the
+    validation rows' too (as it reads their genres), and the test rows' are never read."""
+    from stages.baselines import fit_baselines
+
+    root = make_inputs(tmp_path / "a", overrides={"train.subgenre_weight": 1.0})
+    _with_subgenres(root)
+    assert run_stage(root, monkeypatch, capsys)[0] == 0
+    scrambled = make_inputs(tmp_path / "b", overrides={"train.subgenre_weight": 1.0})
+    _with_subgenres(scrambled)
+    path = scrambled / "data/processed/val.parquet"
+    val = read_processed(path)
+    write_processed(path, ProcessedSplit(val.features, val.labels, val.track_ids, val.feature_names,
+                                         np.random.default_rng(0).permutation(val.subgenres)))
+    assert run_stage(scrambled, monkeypatch, capsys)[0] == 0
+    assert (root / "models/model.pt").read_bytes() == (scrambled / "models/model.pt").read_bytes()
+
+    train_split, val_split = (read_processed(root / f"data/processed/{name}.parquet") for name in ("train", "val"))
+    params = parse_params(with_overrides(default_params(), {"baselines.models": ["xgboost"],
+                                                            "baselines.xgboost.target": "subgenre",
+                                                            "baselines.xgboost.max_rounds": 30})).baselines
+    reports = []
+    for test_subgenres in (val_split.subgenres, np.full(len(val_split.labels), "nonsense")):
+        test = ProcessedSplit(val_split.features, val_split.labels, val_split.track_ids, val_split.feature_names,
+                              test_subgenres)
+        report, predictions, _ = fit_baselines({"train": train_split, "val": val_split, "test": test}, params)
+        reports.append((report, predictions["xgboost"].tolist()))
+    assert reports[0] == reports[1]
+
+
+def test_a_mixture_head_refuses_subgenres_out_of_genre_order():
+    with pytest.raises(ValueError, match="in order"):
+        build_mlp(3, 6, [4], 0.0, subgenres={"names": list("abcdefg"), "genres": [0, 1, 0, 2, 3, 4, 5]})
