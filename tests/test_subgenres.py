@@ -3,6 +3,8 @@ the training rows, the genre sums, the model's mixture head, and the train stage
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -91,20 +93,8 @@ def test_processed_splits_carry_the_subgenre_as_a_label_not_a_feature(tmp_path):
     assert read.subgenres.tolist() == ["a", "", "c"]
 
 
-def _with_subgenres(root, rows: int = 2400) -> None:
-    """The train stage's inputs (tests.test_train.make_inputs) with the synthetic songs' subgenres added."""
-    subgenres = synthetic_songs(rows, 0)["playlist_subgenre"].fillna("").to_numpy(dtype=str)
-    for name in ("train", "val"):
-        path = root / f"data/processed/{name}.parquet"
-        split = read_processed(path)
-        rows_of = np.flatnonzero(np.isin(synthetic_songs(rows, 0)["track_id"].to_numpy(dtype=str), split.track_ids))
-        write_processed(path, ProcessedSplit(split.features, split.labels, split.track_ids, split.feature_names,
-                                             subgenres[rows_of]))
-
-
 def test_the_train_stage_learns_subgenres_and_the_bundle_predicts_genres(tmp_path, monkeypatch, capsys):
     root = make_inputs(tmp_path, overrides={"train.subgenre_weight": 1.0})
-    _with_subgenres(root)
     code, out, err = run_stage(root, monkeypatch, capsys)
     assert code == 0, err
     val = read_processed(root / "data/processed/val.parquet")
@@ -122,7 +112,6 @@ def test_the_train_stage_learns_subgenres_and_the_bundle_predicts_genres(tmp_pat
 
 def test_the_subgenre_term_changes_training_and_weight_zero_is_the_plain_model(tmp_path):
     root = make_inputs(tmp_path)
-    _with_subgenres(root)
     train_split = read_processed(root / "data/processed/train.parquet")
     val_split = read_processed(root / "data/processed/val.parquet")
     states = {}
@@ -137,7 +126,8 @@ def test_the_subgenre_term_changes_training_and_weight_zero_is_the_plain_model(t
                               batch_size=128, config=config, n_classes=len(GENRES),
                               subgenres=training.subgenre_tensor(train_split, config, torch.device("cpu")))
         states[weight] = result
-    assert training.subgenre_config(train_split, parse_params(default_params()).train) is None
+    without = parse_params(with_overrides(default_params(), {"train.subgenre_weight": 0.0})).train
+    assert training.subgenre_config(train_split, without) is None
     assert states[0.5].history[0].train_loss != states[0.0].history[0].train_loss
 
 
@@ -155,6 +145,8 @@ def test_a_mixture_model_needs_the_rows_subgenres_and_a_plain_one_refuses_them()
 
 def test_subgenre_weight_without_the_column_is_one_clear_line(tmp_path, monkeypatch, capsys):
     root = make_inputs(tmp_path, overrides={"train.subgenre_weight": 1.0})
+    path = root / "data/processed/train.parquet"
+    write_processed(path, dataclasses.replace(read_processed(path), subgenres=None))
     code, out, err = run_stage(root, monkeypatch, capsys)
     assert code != 0
     assert err == ("error: data/processed/train.parquet: no subgenre column, which train.subgenre_weight needs; "
@@ -187,10 +179,8 @@ def test_no_model_reads_the_test_rows_subgenres_and_the_mlp_not_the_validation_r
     from stages.baselines import fit_baselines
 
     root = make_inputs(tmp_path / "a", overrides={"train.subgenre_weight": 1.0})
-    _with_subgenres(root)
     assert run_stage(root, monkeypatch, capsys)[0] == 0
     scrambled = make_inputs(tmp_path / "b", overrides={"train.subgenre_weight": 1.0})
-    _with_subgenres(scrambled)
     path = scrambled / "data/processed/val.parquet"
     val = read_processed(path)
     write_processed(path, ProcessedSplit(val.features, val.labels, val.track_ids, val.feature_names,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import sys
@@ -18,6 +19,7 @@ from spotify_genre.features import candidate_features
 from spotify_genre.model import build_mlp, predict_proba, resolve_device
 from spotify_genre.preprocessor import Preprocessor, save_preprocessor
 from spotify_genre.schema import GENRES
+from spotify_genre.subgenres import fit_subgenres
 from spotify_genre.synthetic import synthetic_songs
 from stages import train, training
 from stages.artifacts import ProcessedSplit, read_processed, write_processed
@@ -48,8 +50,9 @@ def preprocessed_splits(rows: int, seed: int = 0,
     scaled = pre.transform(candidate_features(songs, NUMERIC))
     assert pre.output_features == NUMERIC
     ids = songs["track_id"].to_numpy(dtype=str)
-    return (ProcessedSplit(scaled[:cut], labels[:cut], ids[:cut], NUMERIC),
-            ProcessedSplit(scaled[cut:], labels[cut:], ids[cut:], NUMERIC), pre)
+    subgenres = songs["playlist_subgenre"].fillna("").to_numpy(dtype=str)
+    return (ProcessedSplit(scaled[:cut], labels[:cut], ids[:cut], NUMERIC, subgenres[:cut]),
+            ProcessedSplit(scaled[cut:], labels[cut:], ids[cut:], NUMERIC, subgenres[cut:]), pre)
 
 
 def processed_splits(rows: int, seed: int = 0, train_share: float = 0.75) -> tuple[ProcessedSplit, ProcessedSplit]:
@@ -191,11 +194,14 @@ def test_bundle_records_what_the_model_needs(two_runs):
     raw = torch.load(root / "models/model.pt", map_location="cpu", weights_only=True)
     assert raw["feature_names"] == list(NUMERIC) and raw["class_names"] == list(GENRES)
     config = default_params()["train"]["embedding"]
+    train_split = read_processed(root / "data/processed/train.parquet")
+    subgenres = fit_subgenres(train_split.labels, train_split.subgenres)
     assert raw["architecture"] == {
         "n_features": len(NUMERIC), "n_classes": 6, "hidden_sizes": [32, 16], "dropout": 0.2,
         "embedding": {"columns": list(range(len(NUMERIC))), "frequencies": config["frequencies"],
                       "dim": config["dim"], "sigma": config["sigma"]},
-        "members": 1, "text_encoder": None, "subgenres": None}
+        "members": 1, "text_encoder": None, "subgenres": {"names": list(subgenres.names),
+                                                          "genres": subgenres.genres.tolist()}}
     preprocessor_bytes = (root / "models/preprocessor.json").read_bytes()
     assert raw["preprocessor"] == {"path": "models/preprocessor.json",
                                    "sha256": hashlib.sha256(preprocessor_bytes).hexdigest()}
@@ -239,7 +245,7 @@ def test_diverging_run_fails_without_a_model(tmp_path, monkeypatch, capsys):
     split = read_processed(root / "data/processed/train.parquet")
     huge = np.clip(split.features, -3, 3) * 1e38  # finite, but a layer's sum overflows
     write_processed(root / "data/processed/train.parquet",
-                    ProcessedSplit(huge, split.labels, split.track_ids, split.feature_names))
+                    dataclasses.replace(split, features=huge))
     code, _, err = run_stage(root, monkeypatch, capsys)
     assert code == 1 and err.startswith("error: training diverged at epoch 1 "), err
     assert not (root / "models/model.pt").exists() and not (root / "dvclive").exists()
@@ -398,7 +404,8 @@ def test_the_epochs_val_f1_is_the_macro_f1_over_all_six_classes():
 
     def without_absent(split: ProcessedSplit) -> ProcessedSplit:
         keep = split.labels != absent
-        return ProcessedSplit(split.features[keep], split.labels[keep], split.track_ids[keep], split.feature_names)
+        return ProcessedSplit(split.features[keep], split.labels[keep], split.track_ids[keep], split.feature_names,
+                              split.subgenres[keep])
 
     train_split, val_split = without_absent(train_split), without_absent(val_split)
     config = parse_params(with_overrides(default_params(), {
@@ -496,7 +503,7 @@ def test_non_finite_feature(tmp_path, monkeypatch, capsys):
     features = split.features.copy()
     features[4, 2] = np.nan
     write_processed(root / "data/processed/train.parquet",
-                    ProcessedSplit(features, split.labels, split.track_ids, split.feature_names))
+                    dataclasses.replace(split, features=features))
     code, _, err = run_stage(root, monkeypatch, capsys)
     assert code == 3 and "train.parquet: row 5, column 'loudness': not a finite number" in err
 
