@@ -229,7 +229,7 @@ def model_card(*, metrics: dict, data_sha256: str, split: dict, anova: dict, pre
         "- Labels come from playlists: a song's genre is the genre of the playlist it was found in, not an "
         "attribute of the song, and playlist curators disagree.",
         "- The playlist fields (`playlist_name`, `playlist_id`, `playlist_subgenre`) determine the label and "
-        "are never used as model inputs. The training songs' `playlist_subgenre` is a second training target "
+        "are never used as model inputs. The training songs' `playlist_subgenre` is a training target too "
         "where `train.subgenre_weight` is above 0 (a genre's probability is the sum of its subgenres').",
         "- The metrics come from one test split; they vary with `split.seed`. The intervals measure only the "
         "noise of which songs this test split holds, not that of the split or of training.",

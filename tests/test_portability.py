@@ -147,7 +147,8 @@ params = load_params().baselines
 params = params.model_copy(update={name: getattr(params, name).model_copy(update={"max_rounds": 5})
                                    for name in ("lightgbm", "xgboost")})
 for name in ("lightgbm", "xgboost"):
-    fit_peer(name, params, x, y, x, y).predict(x)
+    subgenres = np.array(["a", "b"])[rng.integers(0, 2, 400)]  # whichever target params.yaml gives each
+    fit_peer(name, params, x, y, x, y, subgenres, subgenres).predict(x)
 import sklearn, lightgbm, xgboost
 roots = tuple(os.path.dirname(module.__file__) + suffix for module in (sklearn, lightgbm, xgboost)
               for suffix in ("/", "_cpu.libs/"))  # the packages, and the OpenMP runtime xgboost-cpu bundles
