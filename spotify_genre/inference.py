@@ -169,7 +169,7 @@ def compile_network(model: nn.Module) -> Network | None:
         network = compile_network(model.network)
         if network is None:
             return None
-        starts = np.array([int(getattr(model, f"genre_{g}")[0]) for g in range(model.n_classes)], dtype=np.intp)
+        starts = np.array([start for start, _ in model.spans], dtype=np.intp)
         return dataclasses.replace(network, genre_starts=starts)
     embedding, mlp = (_embedding(model), model.mlp) if type(model) is EmbeddedMLP else (None, model)
     if type(mlp) is not nn.Sequential:

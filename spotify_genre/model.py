@@ -113,15 +113,14 @@ class GenreMixture(nn.Module):
         if list(genres) != sorted(genres) or set(genres) != set(range(n_classes)):
             raise ValueError(f"subgenres' genres must be in order and hold every class 0..{n_classes - 1}")
         self.network, self.n_classes = network, n_classes
-        groups = [[k for k, genre in enumerate(genres) if genre == g] for g in range(n_classes)]
-        for g, group in enumerate(groups):
-            self.register_buffer(f"genre_{g}", torch.tensor(group, dtype=torch.long), persistent=False)
+        bounds = [list(genres).index(g) for g in range(n_classes)] + [len(genres)]
+        self.spans = list(zip(bounds, bounds[1:]))  # each genre's outputs, start and stop
 
     def genre_log_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(…, subgenres) logits -> (…, genres) log-probabilities."""
         log_probs = torch.log_softmax(logits, dim=-1)
-        return torch.stack([torch.logsumexp(log_probs.index_select(-1, getattr(self, f"genre_{g}")), dim=-1)
-                            for g in range(self.n_classes)], dim=-1)
+        return torch.stack([torch.logsumexp(log_probs[..., start:stop], dim=-1) for start, stop in self.spans],
+                           dim=-1)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.genre_log_probabilities(self.network(inputs))

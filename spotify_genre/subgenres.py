@@ -46,7 +46,8 @@ def fit_subgenres(labels: np.ndarray, subgenres: Sequence[object]) -> Subgenres:
     a genre none of whose songs names one."""
     frame = pd.DataFrame({"genre": np.asarray(labels, dtype=np.int64), "name": _names(subgenres)})
     counts = frame.value_counts(sort=False)
-    pairs = set(counts.index) | {(genre, _NONE) for genre in range(len(GENRES)) if genre not in set(frame["genre"])}
+    present = set(frame["genre"])
+    pairs = set(counts.index) | {(genre, _NONE) for genre in range(len(GENRES)) if genre not in present}
     ordered = sorted(pairs)
     fallback = np.zeros(len(GENRES), dtype=np.int64)
     for genre in range(len(GENRES)):

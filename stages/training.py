@@ -142,18 +142,13 @@ def subgenre_config(train: ProcessedSplit, config: TrainParams) -> dict | None:
     return {"names": list(subgenres.names), "genres": subgenres.genres.tolist()}
 
 
-def subgenre_targets(train: ProcessedSplit, config: TrainParams) -> np.ndarray | None:
-    """Each training row's subgenre (index into the architecture's `subgenres`), or None where they are unused."""
+def subgenre_tensor(train: ProcessedSplit, config: TrainParams, device: torch.device) -> torch.Tensor | None:
+    """Each training row's subgenre (index into the architecture's `subgenres`) as fit() takes them, or None
+    where train.subgenre_weight is 0."""
     if not config.subgenre_weight:
         return None
     subgenres = _training_subgenres(train)
-    return fit_subgenres(train.labels, subgenres).codes(train.labels, subgenres)
-
-
-def subgenre_tensor(train: ProcessedSplit, config: TrainParams, device: torch.device) -> torch.Tensor | None:
-    """subgenre_targets as fit() takes them."""
-    targets = subgenre_targets(train, config)
-    return None if targets is None else torch.tensor(targets, device=device)
+    return torch.tensor(fit_subgenres(train.labels, subgenres).codes(train.labels, subgenres), device=device)
 
 
 def _training_subgenres(train: ProcessedSplit) -> np.ndarray:
@@ -201,7 +196,7 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
     """Train on tensors already on the model's device; stop early on validation loss; return the best weights.
 
     Deterministic given the global torch seed (dropout) and `config.seed` (the order of the rows). A GenreMixture
-    model also learns the training rows' `subgenres` (subgenre_targets), weighted by config.subgenre_weight.
+    model also learns the training rows' `subgenres` (subgenre_tensor), weighted by config.subgenre_weight.
     """
     mixture = isinstance(model, GenreMixture)
     if mixture != (subgenres is not None):
