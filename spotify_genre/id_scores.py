@@ -39,15 +39,19 @@ def id_strings(ids: pd.Series) -> np.ndarray:
     return ids.astype(object).where(ids.notna(), "").astype("str").to_numpy(dtype=str)
 
 
+def find_keys(values: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of `values` is in `keys` (sorted, distinct), and whether it is there at all ("" never is)."""
+    if len(keys) == 0:
+        return np.zeros(len(values), dtype=np.intp), np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(keys, values), len(keys) - 1)
+    return at, (keys[at] == values) & (values != "")
+
+
 def lookup_counts(ids: pd.Series, keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """(rows, classes) the genre counts of each row's id among `keys` (sorted, distinct); zeros for an id not
     there or missing."""
-    values = id_strings(ids)
-    found = np.zeros((len(values), counts.shape[1]), dtype=np.float64)
-    if len(keys) == 0:
-        return found
-    at = np.minimum(np.searchsorted(keys, values), len(keys) - 1)
-    hit = (keys[at] == values) & (values != "")
+    at, hit = find_keys(id_strings(ids), keys)
+    found = np.zeros((len(hit), counts.shape[1]), dtype=np.float64)
     found[hit] = counts[at[hit]]
     return found
 

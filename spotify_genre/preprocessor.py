@@ -15,8 +15,9 @@ Text field (preprocess.text.fields): one standardised genre score per genre, `tr
 Bayes model of the field's character n-grams (text_scores.py).
 Id field (preprocess.ids.fields): one standardised score per genre, `track_album_id_rock`, and
 `track_album_id_songs`, from the genres of the training songs with the same id (id_scores.py).
-The arrays of text and id fields are too large for JSON and go to an .npz beside it (`<name>.npz`, read with
-allow_pickle=False), whose sha256 each section that has arrays records.
+Known ids: the training songs' albums and artists, which tell how new a song is (novelty.py); no model input.
+The arrays of text and id fields and the known ids are too large for JSON and go to an .npz beside it
+(`<name>.npz`, read with allow_pickle=False), whose sha256 each section that has arrays records.
 
 model_inputs(pre, songs) turns raw songs into the model's inputs.
 """
@@ -38,6 +39,8 @@ from spotify_genre.atomic import write_json, write_with
 from spotify_genre.errors import BundleError, DataError
 from spotify_genre.features import CANDIDATE_FEATURES, CATEGORICAL_FEATURES, ID_FIELDS, TEXT_FIELDS, candidate_features
 from spotify_genre.id_scores import IdScorer
+from spotify_genre.novelty import FIELDS as KNOWN_FIELDS
+from spotify_genre.novelty import KnownIds
 from spotify_genre.schema import GENRES
 from spotify_genre.text_scores import TextScorer
 from spotify_genre.validation import (Finite, Positive, PositiveInt, Sha256, Strict, parse_json, read_bytes,
@@ -103,6 +106,18 @@ class IdSection(Strict):
     fields: Annotated[dict[Literal[ID_FIELDS], IdFieldStats], Field(min_length=1)]
 
 
+class KnownSection(Strict):
+    arrays: Literal[ARRAYS_SUFFIX]
+    arrays_sha256: Sha256
+    fields: list[str]
+
+    @model_validator(mode="after")
+    def _the_known_fields(self) -> KnownSection:
+        if self.fields != list(KNOWN_FIELDS):
+            raise ValueError(f"known fields are {self.fields!r}; expected {list(KNOWN_FIELDS)!r}")
+        return self
+
+
 class PreprocessorFile(Strict):
     """The JSON file, as to_dict() writes it."""
 
@@ -116,11 +131,12 @@ class PreprocessorFile(Strict):
     categorical: dict[str, CategoricalStats]
     text: TextSection | None = None
     ids: IdSection | None = None
+    known: KnownSection | None = None  # absent from files written before the known ids were kept
 
     @property
     def arrays_sha256(self) -> str | None:
         """The sha256 of the .npz beside the file; None where it has no arrays."""
-        section = self.text or self.ids
+        section = self.text or self.ids or self.known
         return None if section is None else section.arrays_sha256
 
     @model_validator(mode="after")
@@ -137,8 +153,9 @@ class PreprocessorFile(Strict):
                                  f"{'categorical' if categorical else 'numeric'}")
         if len(self.numeric) + len(self.categorical) != len(self.input_features):
             raise ValueError("numeric and categorical describe features that are not in input_features")
-        if self.text is not None and self.ids is not None and self.text.arrays_sha256 != self.ids.arrays_sha256:
-            raise ValueError("text and ids name different arrays (their arrays_sha256 differ)")
+        named = {section.arrays_sha256 for section in (self.text, self.ids, self.known) if section is not None}
+        if len(named) > 1:
+            raise ValueError("text, ids and known name different arrays (their arrays_sha256 differ)")
         return self
 
 
@@ -195,6 +212,7 @@ class Preprocessor:
     classes: tuple[str, ...] = GENRES
     text: tuple[TextScorer, ...] = ()
     ids: tuple[IdScorer, ...] = ()
+    known: KnownIds | None = None
     # The sha256 of the JSON file it was loaded from (None if fitted in this process): the model bundle records
     # the one it was trained with.
     sha256: str | None = field(default=None, compare=False)
@@ -237,8 +255,8 @@ class Preprocessor:
         return np.ascontiguousarray(np.hstack(blocks), dtype=np.float32)
 
     def to_dict(self, arrays_sha256: str | None = None) -> dict[str, Any]:
-        """The JSON content; with text or id fields, `arrays_sha256` is the sha256 of the .npz holding their
-        arrays."""
+        """The JSON content; with text or id fields or known ids, `arrays_sha256` is the sha256 of the .npz
+        holding their arrays."""
         data = {
             "format_version": FORMAT_VERSION,
             "data_sha256": self.data_sha256,
@@ -257,12 +275,15 @@ class Preprocessor:
         if self.ids:
             data["ids"] = {"arrays": ARRAYS_SUFFIX, "arrays_sha256": arrays_sha256,
                            "fields": {scorer.field: scorer.to_dict() for scorer in self.ids}}
+        if self.known is not None:
+            data["known"] = {"arrays": ARRAYS_SUFFIX, "arrays_sha256": arrays_sha256, "fields": list(KNOWN_FIELDS)}
         return data
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The text and id fields' arrays, each named `<field>.<array>`; a field both scores (track_artist) keeps
-        its text arrays and its id arrays apart by their names."""
-        return {name: array for scorer in (*self.text, *self.ids) for name, array in scorer.arrays().items()}
+        """The text and id fields' arrays, each named `<field>.<array>`, and the known ids (`known.<field>`); a field
+        both scores (track_artist) keeps its text arrays and its id arrays apart by their names."""
+        arrays = {name: array for scorer in (*self.text, *self.ids) for name, array in scorer.arrays().items()}
+        return arrays if self.known is None else {**arrays, **self.known.arrays()}
 
     @classmethod
     def from_file(cls, data: PreprocessorFile, arrays: dict[str, np.ndarray],
@@ -278,7 +299,8 @@ class Preprocessor:
             _text_scorer(name, stats, arrays) for name, stats in data.text.fields.items())
         ids = () if data.ids is None else tuple(
             _id_scorer(name, stats, arrays) for name, stats in data.ids.fields.items())
-        pre = cls(data_sha256=data.data_sha256, scaler=data.scaler, columns=columns, text=text, ids=ids,
+        known = None if data.known is None else KnownIds.from_arrays(arrays)
+        pre = cls(data_sha256=data.data_sha256, scaler=data.scaler, columns=columns, text=text, ids=ids, known=known,
                   sha256=sha256)
         if data.output_features != list(pre.output_features):
             raise ValueError("output_features do not match the features and categories described")

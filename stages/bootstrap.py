@@ -67,9 +67,9 @@ def observed_scores(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -
 
 def bootstrap(labels: np.ndarray, model: np.ndarray, baselines: Mapping[str, np.ndarray], n_classes: int, *,
               resamples: int, confidence: float, seed: int, max_cells: int = MAX_CELLS) -> dict:
-    """The model's percentile intervals, {score: {low, high}}, and per baseline the paired difference
-    model − baseline, {name: {score: {estimate, low, high}}}, the estimate being the difference on the whole
-    test split. Every model is scored on the same resamples."""
+    """The model's percentile intervals, {score: {low, high}}, each baseline's (`baseline_intervals`), and per
+    baseline the paired difference model − baseline, {name: {score: {estimate, low, high}}}, the estimate being
+    the difference on the whole test split. Every model is scored on the same resamples."""
     names = list(baselines)
     model_scores, *baseline_scores = resampled_scores(labels, [model, *baselines.values()], n_classes, resamples,
                                                       seed, max_cells)
@@ -82,4 +82,6 @@ def bootstrap(labels: np.ndarray, model: np.ndarray, baselines: Mapping[str, np.
                     **percentile_interval(model_scores[score] - scores[score], confidence)}
             for score in SCORES}
     return {"intervals": {score: percentile_interval(model_scores[score], confidence) for score in SCORES},
+            "baseline_intervals": {name: {score: percentile_interval(scores[score], confidence) for score in SCORES}
+                                   for name, scores in zip(names, baseline_scores)},
             "differences": differences}

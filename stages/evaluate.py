@@ -1,5 +1,5 @@
 """Evaluate stage: the MLP's test and validation metrics with bootstrap intervals, the paired difference to each
-baseline, plots, model card.
+baseline, the same by how new a song is (spotify_genre/novelty.py), plots, model card.
 
 Every Git-tracked output is a pure function of the pipeline's data and params (no timings, no dates; the
 bootstrap's seed is a param), so a re-run writes the same bytes. Timings go to reports/timing/evaluate.json, which
@@ -19,23 +19,27 @@ from pydantic import BaseModel, ConfigDict
 
 from spotify_genre.atomic import write_json, write_text
 from spotify_genre.errors import BundleError, DataError, exits_cleanly
+from spotify_genre.novelty import ALBUM_ID, ARTIST, SLICES, KnownIds
 from spotify_genre.predictions import prediction_table, predictions_csv
 from spotify_genre.preprocessor import load_preprocessor
 from spotify_genre.schema import GENRES, LABEL, TRACK_ID
 from spotify_genre.validation import Finite, validated
 from stages.artifacts import (ANOVA_REPORT, BASELINE_PREDICTIONS, BASELINES, LOSS_CURVES, MODEL, PREPROCESSOR,
                               SPLIT_REPORT, SPLITS, TRAINING_SUMMARY, ProcessedSplit,
-                              read_baseline_predictions, read_curve, read_processed_splits, read_report, read_split)
+                              processed_path, read_baseline_predictions, read_curve, read_processed_splits, read_report,
+                              read_split)
 from stages.bootstrap import bootstrap, observed_scores
 from stages.metrics import confusion_counts, headline_metrics, per_class_metrics, rounded, row_normalised
 from stages.model_inputs import model_inputs
 from stages.params import BootstrapParams, load_params
-from stages.report import (interval_text, model_card, per_class_f1_csv, share_text, write_confusion_png,
-                           write_loss_png)
+from stages.report import (interval_text, model_card, novelty_csv, per_class_f1_csv, share_text, write_confusion_png,
+                           write_loss_png, write_novelty_png)
 
 METRICS = Path("reports/metrics.json")
 PREDICTIONS = Path("reports/predictions.csv")
 PER_CLASS_F1 = Path("reports/plots/per_class_f1.csv")
+NOVELTY_PLOT = Path("reports/plots/novelty.csv")
+NOVELTY_PNG = Path("reports/figures/novelty.png")
 LOSS_PNG = Path("reports/figures/loss.png")
 CONFUSION_PNG = Path("reports/figures/confusion_matrix.png")
 MODEL_CARD = Path("reports/model_card.md")
@@ -89,10 +93,38 @@ def checked_predictions(predictions: dict[str, np.ndarray], test: ProcessedSplit
     return {name: predictions[name] for name in report.models}
 
 
+def novelty_metrics(labels: np.ndarray, predicted: np.ndarray, codes: np.ndarray,
+                    baseline_predictions: dict[str, np.ndarray], settings: BootstrapParams,
+                    n_classes: int = len(GENRES)) -> dict[str, dict[str, Any]]:
+    """Per novelty slice (`codes`: each row's index into SLICES), its song count and share, the model's accuracy and
+    macro-F1 with bootstrap intervals, and each baseline's beside the paired difference model − baseline, every
+    model resampled on the slice's same rows."""
+    slices = {}
+    for code, name in enumerate(SLICES):
+        rows = codes == code
+        entry: dict[str, Any] = {"songs": int(rows.sum()), "share": float(rows.mean())}
+        if rows.any():
+            figures = bootstrap(labels[rows], predicted[rows], {model: values[rows] for model, values in
+                                                                  baseline_predictions.items()},
+                                n_classes, resamples=settings.resamples, confidence=settings.confidence,
+                                seed=settings.seed)
+            entry.update(observed_scores(labels[rows], predicted[rows], n_classes), intervals=figures["intervals"])
+            if baseline_predictions:
+                entry["baselines"] = {
+                    model: {**observed_scores(labels[rows], values[rows], n_classes),
+                            "intervals": figures["baseline_intervals"][model],
+                            "difference": figures["differences"][model]}
+                    for model, values in baseline_predictions.items()}
+        slices[name] = entry
+    return slices
+
+
 def evaluation_metrics(test: ProcessedSplit, test_proba: np.ndarray, val: ProcessedSplit, val_proba: np.ndarray,
                        report: BaselineReport, baseline_predictions: dict[str, np.ndarray],
-                       settings: BootstrapParams, class_names: tuple[str, ...] = GENRES) -> dict[str, Any]:
-    """The content of reports/metrics.json, every float rounded."""
+                       settings: BootstrapParams, novelty: dict[str, np.ndarray] | None = None,
+                       class_names: tuple[str, ...] = GENRES) -> dict[str, Any]:
+    """The content of reports/metrics.json, every float rounded. `novelty` holds each split's rows' slices
+    (test and val), the test split's scored for the baselines too."""
     figures = bootstrap(test.labels, test_proba.argmax(axis=1), baseline_predictions, len(class_names),
                         resamples=settings.resamples, confidence=settings.confidence, seed=settings.seed)
     baselines = {
@@ -110,6 +142,13 @@ def evaluation_metrics(test: ProcessedSplit, test_proba: np.ndarray, val: Proces
         "strongest_baseline": report.strongest,
         "bootstrap": settings.model_dump(),
     }
+    if novelty is not None:
+        metrics["novelty"] = {
+            "test": novelty_metrics(test.labels, test_proba.argmax(axis=1), novelty["test"], baseline_predictions,
+                                    settings, len(class_names)),
+            "val": novelty_metrics(val.labels, val_proba.argmax(axis=1), novelty["val"], {}, settings,
+                                   len(class_names)),
+        }
     return rounded(metrics)
 
 
@@ -126,6 +165,18 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
                      f"{interval_text(accuracy, signed=True)}, macro-F1 {f1['estimate']:+.4f} "
                      f"{interval_text(f1, signed=True)}")
     return lines
+
+
+def novelty_codes(known: KnownIds | None, split: ProcessedSplit, name: str) -> np.ndarray:
+    """Each row's novelty slice (index into SLICES) of a processed split, from the split's raw ids."""
+    if known is None:
+        raise DataError(f"{PREPROCESSOR}: holds no training albums and artists (written by an older version); "
+                        "run `dvc repro preprocess` again")
+    songs = read_split(name, (TRACK_ID, ALBUM_ID, ARTIST))
+    if not np.array_equal(songs[TRACK_ID].to_numpy(dtype=str), split.track_ids):
+        raise DataError(f"{processed_path(name)}: its rows are not those of the split stage's {name} split; "
+                        "run `dvc repro preprocess` again")
+    return known.codes(songs)
 
 
 def multi_genre_tracks(songs: pd.DataFrame) -> int:
@@ -168,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     predict_seconds = time.perf_counter() - predict_started
 
     metrics_started = time.perf_counter()
+    novelty = {name: novelty_codes(preprocessor.known, splits[name], name) for name in ("test", "val")}
     metrics = evaluation_metrics(splits["test"], test_proba, splits["val"], val_proba, baselines,
-                                 baseline_predictions, params.evaluate.bootstrap)
+                                 baseline_predictions, params.evaluate.bootstrap, novelty)
     metrics_seconds = time.perf_counter() - metrics_started
     test = splits["test"]
     predictions = prediction_table(pd.Series(test.track_ids, name=TRACK_ID), test_proba, GENRES,
@@ -180,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(METRICS, metrics)
     write_text(PREDICTIONS, predictions_csv(predictions))
     write_text(PER_CLASS_F1, per_class_f1_csv(metrics["per_class"]))
+    write_text(NOVELTY_PLOT, novelty_csv(metrics["novelty"]["test"]))
+    write_novelty_png(NOVELTY_PNG, metrics["novelty"]["test"])
     write_loss_png(LOSS_PNG, curves["train"], curves["val"], best_epoch)
     write_confusion_png(CONFUSION_PNG, row_normalised(counts), GENRES)
     write_text(MODEL_CARD, model_card(

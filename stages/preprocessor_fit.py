@@ -17,6 +17,7 @@ from spotify_genre.errors import DataError, ParamsError
 from spotify_genre.features import CATEGORICAL_FEATURES, candidate_features
 from spotify_genre.preprocessor import CategoricalColumn, Column, NumericColumn, Preprocessor
 from spotify_genre.id_scores import IdScorer, id_genre_scores, id_strings, lookup_counts
+from spotify_genre.novelty import KnownIds
 from spotify_genre.schema import GENRES, LABEL
 from spotify_genre.text_scores import TextScorer, ngram_counts, posterior, row_chunks, weighted
 from stages.params import IdParams, PreprocessParams, TextParams
@@ -80,7 +81,8 @@ def fit_model_inputs(train: pd.DataFrame, selected: list[str], params: Preproces
     text = [fit_text_scorer(train[field], labels, groups, field, params.text) for field in params.text.fields]
     ids = [fit_id_scorer(train[field], labels, groups, field, params.ids) for field in params.ids.fields]
     pre = dataclasses.replace(fit_preprocessor(features, params, data_sha256=data_sha256),
-                              text=tuple(scorer for scorer, _ in text), ids=tuple(scorer for scorer, _ in ids))
+                              text=tuple(scorer for scorer, _ in text), ids=tuple(scorer for scorer, _ in ids),
+                              known=KnownIds.from_songs(train))
     inputs = np.hstack([pre.transform(features), *(scores for _, scores in text), *(scores for _, scores in ids)])
     return pre, np.ascontiguousarray(inputs, dtype=np.float32)
 

@@ -27,7 +27,7 @@ from stages.metrics import (confusion_counts, headline_metrics, label_metrics, p
                             row_normalised)
 from stages.params import parse_params
 from stages.preprocessor_fit import fit_model_inputs
-from stages.report import results_table
+from stages.report import novelty_peer_table, novelty_table, results_table
 from tests.conftest import ROOT, default_params, with_overrides
 
 # A fixed, hand-checkable example over three classes: 10 songs, 6 right. Its confusion matrix (rows actual,
@@ -145,6 +145,16 @@ def _write_preprocessor(path: Path, *, songs_seed: int = 0) -> None:
     save_preprocessor(path, pre)
 
 
+def _novelty_ids(split: ProcessedSplit) -> pd.DataFrame:
+    """Albums and artists for a split's songs, the i-th song in slice i % 3: on an album of the preprocessor's
+    training songs; on a new album by one of their artists; by a new artist."""
+    known = synthetic_songs(300, seed=0)  # the preprocessor's training songs (_write_preprocessor)
+    rows = np.arange(len(split.labels))
+    albums = np.where(rows % 3 == 0, known["track_album_id"].to_numpy()[rows % len(known)], "album-new")
+    artists = np.where(rows % 3 == 2, "artist-new", known["track_artist"].to_numpy()[rows % len(known)])
+    return pd.DataFrame({"track_album_id": albums, "track_artist": artists})
+
+
 def _write_world(root: Path, params_overrides: dict) -> dict[str, ProcessedSplit]:
     """Every input of the evaluate stage, as the upstream stages lay them out, under `root`."""
     import torch
@@ -160,7 +170,7 @@ def _write_world(root: Path, params_overrides: dict) -> dict[str, ProcessedSplit
         if name == "train":  # two tracks listed under a second genre
             extra = pd.DataFrame({"track_id": split.track_ids[:2], "playlist_genre": ["rock", "pop"]})
             labels = labels.where(~pd.Series(split.track_ids).isin(extra["track_id"]), "edm")
-        frame = pd.DataFrame({"track_id": split.track_ids, "playlist_genre": labels})
+        frame = pd.DataFrame({"track_id": split.track_ids, "playlist_genre": labels}).join(_novelty_ids(split))
         if name == "train":
             frame = pd.concat([frame, extra], ignore_index=True)
         (root / "data" / "split").mkdir(parents=True, exist_ok=True)
@@ -236,7 +246,7 @@ def _write_baselines(root: Path, test: ProcessedSplit) -> None:
 
 FAST: dict = {}
 OUTPUTS = (evaluate.METRICS, evaluate.PREDICTIONS, evaluate.PER_CLASS_F1, evaluate.LOSS_PNG,
-           evaluate.CONFUSION_PNG, evaluate.MODEL_CARD)
+           evaluate.CONFUSION_PNG, evaluate.MODEL_CARD, evaluate.NOVELTY_PLOT, evaluate.NOVELTY_PNG)
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +285,7 @@ def test_stage_writes_every_output_with_the_expected_content(world, capsys):
     metrics = json.loads((root / evaluate.METRICS).read_text())
     headline = ["accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "log_loss"]
     assert list(metrics) == [*headline, "intervals", "per_class", "val", "baselines", "strongest_baseline",
-                             "bootstrap"]
+                             "bootstrap", "novelty"]
     assert list(metrics["val"]) == headline
     assert list(metrics["per_class"]) == list(GENRES)
     assert sum(v["support"] for v in metrics["per_class"].values()) == SIZES["test"]
@@ -332,7 +342,32 @@ def test_stage_writes_every_output_with_the_expected_content(world, capsys):
     assert f1["genre"].tolist() == list(GENRES)
     assert f1["f1"].tolist() == [metrics["per_class"][genre]["f1"] for genre in GENRES]
 
-    for png in (evaluate.LOSS_PNG, evaluate.CONFUSION_PNG):
+    # Novelty slices: the world's i-th test song is in slice i % 3 (_novelty_ids), scored on its own songs.
+    predicted = proba.argmax(axis=1)
+    for split in ("test", "val"):
+        slices = metrics["novelty"][split]
+        assert list(slices) == ["known_album", "new_album", "new_artist"]
+        for code, entry in enumerate(slices.values()):
+            rows = np.arange(SIZES[split]) % 3 == code
+            assert entry["songs"] == rows.sum() and entry["share"] == round(rows.mean(), 6)
+            if split == "test":
+                assert entry["accuracy"] == pytest.approx((labels[rows] == predicted[rows]).mean(), abs=1e-6)
+                assert entry["intervals"]["accuracy"]["low"] < entry["accuracy"] < entry["intervals"]["accuracy"]["high"]
+                assert list(entry["baselines"]) == ["majority", "hist_gradient_boosting"]
+                majority = entry["baselines"]["majority"]
+                assert majority["accuracy"] == pytest.approx((labels[rows] == 2).mean(), abs=1e-6)
+                assert majority["difference"]["accuracy"]["estimate"] == pytest.approx(
+                    entry["accuracy"] - majority["accuracy"], abs=2e-6)
+            else:
+                assert "baselines" not in entry and set(entry) == {"songs", "share", "accuracy", "f1_macro",
+                                                                    "intervals"}
+    plot = pd.read_csv(root / evaluate.NOVELTY_PLOT)
+    assert list(plot.columns) == ["bar", "slice", "model", "songs", "accuracy", "f1_macro"]
+    assert plot["model"].tolist() == ["MLP", "HistGradientBoosting"] * 3  # the majority class is no model to plot
+    assert plot["bar"].tolist()[-1] == "new artist · HistGradientBoosting"
+    assert plot["accuracy"].tolist()[::2] == [entry["accuracy"] for entry in metrics["novelty"]["test"].values()]
+
+    for png in (evaluate.LOSS_PNG, evaluate.CONFUSION_PNG, evaluate.NOVELTY_PNG):
         chunks = _png_chunks((root / png).read_bytes())
         assert chunks[0][0] == b"IHDR" and chunks[-1][0] == b"IEND"
         assert not [kind for kind, _ in chunks if kind in (b"tEXt", b"iTXt", b"zTXt", b"tIME")]
@@ -361,6 +396,10 @@ def test_stage_writes_every_output_with_the_expected_content(world, capsys):
     for genre, values in metrics["per_class"].items():
         assert f"| {genre} | {values['precision']:.4f} | {values['recall']:.4f} |" in card
     assert "playlist_subgenre" in card and "lr: 0.1" in card
+    assert "\n".join(novelty_table(metrics)) in card and "\n".join(novelty_peer_table(metrics)) in card
+    known = metrics["novelty"]["test"]["known_album"]
+    assert (f"| album has training songs | {known['songs']} ({known['songs'] / SIZES['test']:.0%}) | {known['accuracy']:.4f} "
+            f"[{known['intervals']['accuracy']['low']:.4f}, {known['intervals']['accuracy']['high']:.4f}] |") in card
 
     timing = json.loads((root / evaluate.TIMING).read_text())
     assert timing["total_s"] >= timing["predict_s"] >= 0

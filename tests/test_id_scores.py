@@ -3,8 +3,6 @@ by hand, out-of-fold training scores, the arrays in the .npz beside the preproce
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 
 import numpy as np
@@ -18,7 +16,7 @@ from spotify_genre.schema import GENRES, LABEL, TRACK_ID
 from spotify_genre.synthetic import synthetic_songs
 from stages.params import IdParams, parse_params
 from stages.preprocessor_fit import encode_labels, fit_id_scorer, fit_model_inputs, fold_of
-from tests.conftest import default_params, with_overrides
+from tests.conftest import default_params, replace_preprocessor_arrays, with_overrides
 
 SHA = "cd" * 32
 PARAMS = IdParams(fields=["track_album_id"], alpha=1.0, folds=5)
@@ -117,12 +115,7 @@ def test_a_tampered_lookup_is_refused(saved):
     with np.load(arrays_path(path)) as archive:
         arrays = {name: archive[name] for name in archive.files}
     arrays["track_album_id.keys"] = arrays["track_album_id.keys"][::-1].copy()
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    arrays_path(path).write_bytes(buffer.getvalue())
-    data = json.loads(path.read_text())
-    data["ids"]["arrays_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
-    path.write_text(json.dumps(data))
+    replace_preprocessor_arrays(path, arrays)
     with pytest.raises(BundleError, match=r"track_album_id\.keys.* must be distinct strings in sorted order"):
         load_preprocessor(path)
 
