@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
                          help=f"fitted preprocessor (default {DEFAULT_PREPROCESSOR})")
     predict.add_argument("--top-k", metavar="K", type=_positive, default=0,
                          help="also write the K most likely genres and their probabilities")
+    predict.add_argument("--novelty", action="store_true",
+                         help="also write, last, how new each song is to the model: known_album (a training song "
+                              "is on its album), new_album (its artist has training songs) or new_artist; each "
+                              "has its own expected accuracy (reports/model_card.md). Needs the track_album_id and "
+                              "track_artist columns")
     predict.add_argument("--skip-invalid", action="store_true",
                          help="leave out rows with missing or invalid values (each listed on stderr) instead of "
                               "stopping at the first")
@@ -115,7 +120,7 @@ def _predict_shards(args, settings: Settings, predictor: Predictor, pool: Pool |
     if args.output == STDIO:
         raise ParamsError(f"{args.input}: a folder or glob of shards needs -o, the folder the predictions go to")
     shards = find_shards(args.input, args.output, args.output_format)
-    claim(args.output, args.model, predictor.pre.sha256, args.top_k)
+    claim(args.output, args.model, predictor.pre.sha256, args.top_k, args.novelty)
     todo = pending(shards)
     if len(todo) < len(shards):
         _log(f"{args.output}: {len(shards) - len(todo)} of {len(shards)} shards already predicted, skipped")
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ParamsError(f"{option} is for a folder or glob of shards; for one file the extension of -o "
                                   "says the format")
 
-    settings = Settings(args.model, args.preprocessor, args.top_k, args.skip_invalid, args.chunk_rows)
+    settings = Settings(args.model, args.preprocessor, args.top_k, args.skip_invalid, args.chunk_rows, args.novelty)
     predictor = Predictor(settings)
     if args.top_k > len(predictor.classes):
         raise ParamsError(f"--top-k {args.top_k}: the model knows {len(predictor.classes)} genres; "

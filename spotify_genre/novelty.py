@@ -25,6 +25,7 @@ from spotify_genre.id_scores import find_keys, id_strings
 ALBUM_ID = "track_album_id"
 ARTIST = "track_artist"
 FIELDS = (ALBUM_ID, ARTIST)
+COLUMN = "novelty"  # predict --novelty's output column
 SLICES = ("known_album", "new_album", "new_artist")
 DESCRIPTIONS = {
     "known_album": "album has training songs",

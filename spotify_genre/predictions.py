@@ -11,11 +11,15 @@ PREDICTED = "predicted"
 PROBABILITY_FORMAT = "%.6f"
 
 
-def prediction_table(ids: pd.Series, probabilities: np.ndarray, classes: Sequence[str], *,
+def prediction_table(ids: pd.Series | pd.DataFrame, probabilities: np.ndarray, classes: Sequence[str], *,
                      actual: Sequence[str] | None = None, top_k: int = 0) -> pd.DataFrame:
     """One row per song: its id, [the actual genre,] the predicted genre, one probability column per genre,
-    then the top k genres with their probabilities, most likely first."""
+    then the top k genres with their probabilities, most likely first. `ids` is the id column, or a frame of it
+    and further columns to put last (the novelty slice)."""
     classes = np.asarray(list(classes), dtype=object)
+    trailing = None
+    if isinstance(ids, pd.DataFrame):
+        ids, trailing = ids.iloc[:, 0], ids.iloc[:, 1:]
     table = {ids.name: ids.to_numpy()}
     if actual is not None:
         table["actual"] = np.asarray(actual, dtype=object)
@@ -26,6 +30,8 @@ def prediction_table(ids: pd.Series, probabilities: np.ndarray, classes: Sequenc
         for rank in range(top_k):
             table[f"top{rank + 1}_genre"] = classes[order[:, rank]]
             table[f"top{rank + 1}_probability"] = probabilities[np.arange(len(order)), order[:, rank]]
+    if trailing is not None:
+        table.update({name: trailing[name].to_numpy() for name in trailing.columns})
     return pd.DataFrame(table)
 
 

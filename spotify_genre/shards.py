@@ -22,7 +22,7 @@ from spotify_genre.outputs import CSV, CSV_GZ, PARQUET, SUFFIXES
 MANIFEST = "_predictions.json"
 MANIFEST_FORMAT = 1
 _SETTING = {"format": "manifest format", "model_sha256": "model", "preprocessor_sha256": "preprocessor",
-            "top_k": "--top-k"}
+            "top_k": "--top-k", "novelty": "--novelty"}
 
 
 @dataclass(frozen=True)
@@ -99,10 +99,10 @@ def _sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def claim(output: str, model: str, preprocessor_sha256: str, top_k: int) -> None:
+def claim(output: str, model: str, preprocessor_sha256: str, top_k: int, novelty: bool = False) -> None:
     """Record in the output folder what its shards are predicted with; refuse a folder made with anything else."""
     wanted = {"format": MANIFEST_FORMAT, "model_sha256": _sha256(model), "preprocessor_sha256": preprocessor_sha256,
-              "top_k": top_k}
+              "top_k": top_k, **({"novelty": True} if novelty else {})}
     path = Path(output) / MANIFEST
     if path.exists():
         try:

@@ -27,7 +27,9 @@ import pandas as pd
 
 from spotify_genre.catalogue import (CSV, STDIO, Songs, csv_chunks, header_only, open_csv_stream, parse_csv, place,
                                      required_columns)
-from spotify_genre.errors import DataError
+from spotify_genre.errors import BundleError, DataError
+from spotify_genre.novelty import COLUMN as NOVELTY
+from spotify_genre.novelty import FIELDS as NOVELTY_FIELDS
 from spotify_genre.outputs import open_sink, render
 from spotify_genre.parquet_songs import open_parquet, parquet_batches, parse_parquet
 from spotify_genre.predictions import prediction_table
@@ -54,6 +56,7 @@ class Settings:
     top_k: int = 0
     skip_invalid: bool = False
     chunk_rows: int = DEFAULT_CHUNK_ROWS
+    novelty: bool = False  # add each song's novelty slice (spotify_genre/novelty.py) as a last column
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,11 @@ class Predictor:
         self.settings = settings
         self.pre = load_preprocessor(settings.preprocessor)
         self.classes = tuple(self.pre.classes)
-        self.required = required_columns(self.pre.input_features, self.pre.song_fields)
+        if settings.novelty and self.pre.known is None:
+            raise BundleError(f"{settings.preprocessor}: holds no training albums and artists (made by an older "
+                              "version); --novelty needs a preprocessor from `dvc repro preprocess`")
+        self.required = required_columns(self.pre.input_features,
+                                         self.pre.song_fields + (NOVELTY_FIELDS if settings.novelty else ()))
         self._scoring = remembering(self.pre)  # the preprocessor, its text scores remembered across chunks
         self._model = None
         self._loading = threading.Lock()
@@ -119,6 +126,8 @@ class Predictor:
         keep = np.setdiff1d(np.arange(len(songs.frame)), invalid)
         kept = songs.frame.iloc[keep].reset_index(drop=True)
         ids = kept[TRACK_ID] if TRACK_ID in kept.columns else pd.Series(songs.first_row + keep + 1, name=ROW)
+        if self.settings.novelty:
+            ids = pd.DataFrame({ids.name: ids.to_numpy(), NOVELTY: self.pre.known.slices(kept)})
         if with_features and len(kept):
             features = self._with_characters(model_inputs(self._scoring, kept), kept)
         else:

@@ -16,7 +16,7 @@ from spotify_genre.synthetic import synthetic_songs
 from stages import evaluate
 from stages.params import parse_params
 from stages.preprocessor_fit import fit_model_inputs
-from tests.conftest import default_params, replace_preprocessor_arrays
+from tests.conftest import BIN, default_params, replace_preprocessor_arrays, run
 
 TRAINING = pd.DataFrame({
     "track_album_id": ["album-a", "album-a", "album-b", None, "album-c"],
@@ -127,3 +127,45 @@ def test_slice_scores_by_hand():
     difference = second["baselines"]["peer"]["difference"]["accuracy"]
     assert difference["estimate"] == pytest.approx(1 / 6)
     assert difference["low"] <= difference["estimate"] <= difference["high"]
+
+
+@pytest.mark.e2e
+def test_predict_says_each_songs_slice_as_the_evaluate_stage_counted_them(synthetic_pipeline, tmp_path):
+    """`predict --novelty` on the pipeline's test split: the slices of the training split's raw ids, by hand, and
+    the evaluate stage's counts; without the flag the output is as before, and a missing column is one line."""
+    pipeline = synthetic_pipeline
+    test = pd.read_parquet(pipeline / "data" / "split" / "test.parquet")
+    test.to_csv(tmp_path / "test.csv", index=False)
+    settings = ["--model", str(pipeline / "models" / "model.pt"),
+                "--preprocessor", str(pipeline / "models" / "preprocessor.json")]
+    with_slices = run([str(BIN / "spotify-genre"), "predict", "test.csv", "--novelty", "-o", "novelty.csv",
+                       *settings], tmp_path)
+    plain = run([str(BIN / "spotify-genre"), "predict", "test.csv", "-o", "plain.csv", *settings], tmp_path)
+    assert with_slices.stderr == plain.stderr == ""
+    ours = pd.read_csv(tmp_path / "novelty.csv", dtype=str, keep_default_na=False)
+    assert ours.columns[-1] == "novelty"
+    assert ours.drop(columns="novelty").equals(pd.read_csv(tmp_path / "plain.csv", dtype=str, keep_default_na=False))
+
+    train = pd.read_parquet(pipeline / "data" / "split" / "train.parquet")
+    album = test["track_album_id"].isin(train["track_album_id"].dropna())
+    artist = test["track_artist"].isin(train["track_artist"].dropna())
+    expected = np.where(album, "known_album", np.where(artist, "new_album", "new_artist"))
+    assert ours["novelty"].tolist() == expected.tolist()
+    assert {"known_album", "new_album"} <= set(expected), "the synthetic split's songs share albums and artists"
+    counted = json.loads((pipeline / "reports" / "metrics.json").read_text())["novelty"]["test"]
+    assert {name: entry["songs"] for name, entry in counted.items() if entry["songs"]} == (
+        ours["novelty"].value_counts().to_dict())
+
+    test.drop(columns="track_artist").to_csv(tmp_path / "no-artist.csv", index=False)
+    missing = run([str(BIN / "spotify-genre"), "predict", "no-artist.csv", "--novelty", *settings], tmp_path,
+                  check=False)
+    assert missing.returncode == 3 and missing.stderr == "error: no-artist.csv: missing column 'track_artist'\n"
+
+    older = json.loads((pipeline / "models" / "preprocessor.json").read_text())
+    del older["known"]
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    (tmp_path / "older.npz").write_bytes((pipeline / "models" / "preprocessor.npz").read_bytes())
+    refused = run([str(BIN / "spotify-genre"), "predict", "test.csv", "--novelty", "--model",
+                   str(pipeline / "models" / "model.pt"), "--preprocessor", "older.json"], tmp_path, check=False)
+    assert refused.returncode == 5 and refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith("error: older.json: holds no training albums and artists"), refused.stderr
