@@ -1,92 +1,219 @@
 """The MLP against its peers over several split seeds, each seed a full pipeline run (a DVC experiment that
-`make seeds` queues): test accuracy and macro-F1 per seed with their means, and the paired MLP − peer intervals
-of each run's evaluate stage. The README's seed table is this output.
+`make seeds` queues), by how new a song is: the README's headline table and the per-seed tables behind it.
 
-    python -m stages.seed_table --name seeds-20261206-0400     # the experiments named seeds-20261206-0400-*
+    python -m stages.seed_table --name seeds-20261207-0900-track --name seeds-20261207-0900-artist
+
+Runs are told apart by their split's grouping (`split.group_by`): a split grouped by track measures catalogue
+completion, where the test songs' albums and artists may have training songs (its novelty slices say which); one
+grouped by artist measures new artists, every test song's artist being absent from training. A peer is compared
+where every run has it; the one shown in the headline is the peer with the best mean validation accuracy over the
+runs, chosen on validation like everything else. Over n seeds the MLP's and the peer's means and the mean paired
+difference come with a 95% t-interval over the seeds (each seed's figure includes the noise of its own test
+split and of the split itself); the verdict is "ahead" or "behind" only where that interval excludes 0, else
+"level".
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
-from statistics import fmean
+from pathlib import Path
+from statistics import fmean, stdev
 
+from scipy.stats import t as student_t
+
+from spotify_genre.atomic import write_json
 from spotify_genre.errors import PipelineError
+from spotify_genre.novelty import DESCRIPTIONS, SLICES
 from stages.dvc_cli import dvc_executable
-from stages.report import interval_text, markdown_table
+from stages.report import MODEL_NAMES, markdown_table
 
 METRICS = "reports/metrics.json"
-PEER_NAMES = {"hist_gradient_boosting": "HistGradientBoosting", "random_forest": "RandomForest",
-              "lightgbm": "LightGBM", "xgboost": "XGBoost"}  # the majority class is a floor, not a peer
 SCORES = ("accuracy", "f1_macro")
+PROTOCOLS = {"track_id": "split grouped by track", "track_artist": "split grouped by artist"}
+# The headline's scenarios: (what a user labels, the protocol, the novelty slice or None for every test song).
+SCENARIOS = (
+    ("catalogue completion: the song's album has training songs", "track_id", "known_album"),
+    ("a new album by an artist with training songs", "track_id", "new_album"),
+    ("a new artist (no training song by the artist)", "track_artist", None),
+    ("every test song of a split grouped by track", "track_id", None),
+)
 
 
-def _pair(scores: dict, prefix: str = "") -> str:
-    return " / ".join(f"{scores[prefix + score]:.4f}" for score in SCORES)
+def _scores(metrics: dict, slice_name: str | None) -> dict | None:
+    """The MLP's test scores and the baselines' (with the paired differences), of every song or one slice."""
+    if slice_name is None:
+        return metrics
+    entry = (metrics.get("novelty") or {}).get("test", {}).get(slice_name)
+    return entry if entry and entry.get("songs") else None
 
 
-def _mean_pair(runs: list[dict], prefix: str = "") -> str:
-    return " / ".join(f"{fmean(run[prefix + score] for run in runs):.4f}" for score in SCORES)
+def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """The mean of per-seed values and its t-interval over the seeds (no interval from one seed)."""
+    mean = fmean(values)
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = student_t.ppf((1.0 + confidence) / 2.0, len(values) - 1) * stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
 
 
-def seed_tables(runs: dict[int, dict]) -> list[str]:
-    """Markdown tables from {split seed: that run's reports/metrics.json}: the scores, then the paired intervals."""
-    seeds = sorted(runs)
-    metrics = [runs[seed] for seed in seeds]
-    peers = [name for name in PEER_NAMES if all(name in run["baselines"] for run in metrics)]
-    header = ["test accuracy / macro-F1", *(f"seed {seed}" for seed in seeds), "mean", "val mean"]
-    rows = [["MLP", *(_pair(run) for run in metrics), f"**{_mean_pair(metrics)}**",
-             _mean_pair([run["val"] for run in metrics])]]
-    for name in peers:
-        scores = [run["baselines"][name] for run in metrics]
-        rows.append([PEER_NAMES[name], *(_pair(peer) for peer in scores), f"**{_mean_pair(scores)}**",
-                     _mean_pair(scores, prefix="val_")])
-
-    def difference(peer: dict) -> str:
-        return "; ".join(f"{peer['difference'][score]['estimate']:+.4f} "
-                         f"{interval_text(peer['difference'][score], signed=True)}" for score in SCORES)
-
-    intervals = [[PEER_NAMES[name], *(difference(run["baselines"][name]) for run in metrics)] for name in peers]
-    return [*markdown_table(header, rows), "",
-            *markdown_table(["MLP − peer, paired 95% interval (accuracy; macro-F1)",
-                             *(f"seed {seed}" for seed in seeds)], intervals)]
+def verdict(low: float, high: float) -> str:
+    if math.isnan(low):
+        return "one seed: no verdict"
+    return "ahead" if low > 0 else "behind" if high < 0 else "level"
 
 
-def named_runs(shown: list[dict], name: str) -> dict[int, dict]:
-    """{split seed: metrics} of the experiments called `name` or `name-N`, from `dvc exp show --json`."""
-    runs: dict[int, dict] = {}
-    for commit in shown:
-        for experiment in commit.get("experiments") or []:
-            for rev in experiment.get("revs") or []:
-                label = rev.get("name") or ""
-                if label != name and label.rpartition("-")[0] != name:
-                    continue
-                data = rev.get("data") or {}
-                found = ((data.get("metrics") or {}).get(METRICS) or {}).get("data")
-                if not found:
-                    raise PipelineError(f"experiment {label}: no {METRICS}, so it failed; see `dvc queue logs {label}`")
-                seed = data["params"]["params.yaml"]["data"]["split"]["seed"]
-                if seed in runs:
-                    raise PipelineError(f"experiment {label}: split seed {seed} appears twice under {name!r}")
-                runs[seed] = found
-    if not runs:
-        raise PipelineError(f"no experiment named {name!r} or {name}-N in `dvc exp show`")
-    return runs
+def peers(runs: dict[int, dict]) -> list[str]:
+    """The peers every run has (the majority class is a floor, not a peer), best mean validation accuracy first."""
+    metrics = list(runs.values())
+    common = [name for name in MODEL_NAMES if name != "mlp" and all(name in run["baselines"] for run in metrics)]
+    return sorted(common, key=lambda name: -fmean(run["baselines"][name]["val_accuracy"] for run in metrics))
+
+
+def _text(mean: float, low: float, high: float, signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    interval = "" if math.isnan(low) else f" [{low:{sign}.4f}, {high:{sign}.4f}]"
+    return f"{mean:{sign}.4f}{interval}"
+
+
+def summary(runs: dict[int, dict], slice_name: str | None, peer: str) -> dict | None:
+    """Over the runs: the MLP's and the peer's mean accuracy and macro-F1 and the mean paired difference, each with
+    its t-interval, and the songs per run; None where a run has no song in the slice."""
+    found = [_scores(runs[seed], slice_name) for seed in sorted(runs)]
+    if any(scores is None for scores in found):
+        return None
+    result: dict = {"songs": fmean(scores.get("songs", 0) for scores in found) if slice_name else None}
+    for score in SCORES:
+        result[f"mlp_{score}"] = mean_interval([scores[score] for scores in found])
+        result[f"peer_{score}"] = mean_interval([scores["baselines"][peer][score] for scores in found])
+        result[f"difference_{score}"] = mean_interval(
+            [scores["baselines"][peer]["difference"][score]["estimate"] for scores in found])
+    return result
+
+
+def headline_table(protocols: dict[str, dict[int, dict]]) -> list[str]:
+    """The README's results table: per scenario, how it was measured, the MLP's and the strongest peer's mean test
+    accuracy over the seeds with intervals, the mean difference and the verdict."""
+    rows = []
+    for scenario, protocol, slice_name in SCENARIOS:
+        runs = protocols.get(protocol)
+        if not runs or not peers(runs):
+            continue
+        peer = peers(runs)[0]
+        found = summary(runs, slice_name, peer)
+        if found is None:
+            continue
+        seeds = ", ".join(str(seed) for seed in sorted(runs))
+        where = (f"{PROTOCOLS[protocol]}, " + (f"test songs of this slice (about {found['songs']:,.0f} a seed)"
+                                                if slice_name else "every test song")
+                 + f"; mean of split seeds {seeds}")
+        difference = found["difference_accuracy"]
+        rows.append([scenario, where, _text(*found["mlp_accuracy"]), f"{found['mlp_f1_macro'][0]:.4f}",
+                     f"{MODEL_NAMES[peer]} {_text(*found['peer_accuracy'])}", _text(*difference, signed=True),
+                     verdict(*difference[1:])])
+    return markdown_table(["scenario", "how it was measured", "MLP test accuracy [95% interval over seeds]",
+                           "MLP macro-F1", "strongest peer (chosen on validation)", "MLP − peer, accuracy",
+                           "verdict"], rows)
+
+
+def seed_tables(protocols: dict[str, dict[int, dict]]) -> list[str]:
+    """Per protocol and per slice, each model's test accuracy / macro-F1 on each seed and their means, then the
+    paired MLP − peer differences with each run's own 95% interval."""
+    lines: list[str] = []
+    for protocol, runs in protocols.items():
+        seeds = sorted(runs)
+        slices = [None, *(name for name in SLICES if all(_scores(runs[seed], name) for seed in seeds))]
+        for slice_name in slices:
+            found = [_scores(runs[seed], slice_name) for seed in seeds]
+            title = "every test song" if slice_name is None else DESCRIPTIONS[slice_name]
+            rows = [["MLP", *(" / ".join(f"{scores[score]:.4f}" for score in SCORES) for scores in found),
+                     " / ".join(f"{fmean(scores[score] for scores in found):.4f}" for score in SCORES)]]
+            differences = []
+            for peer in peers(runs):
+                values = [scores["baselines"][peer] for scores in found]
+                rows.append([MODEL_NAMES[peer], *(" / ".join(f"{value[score]:.4f}" for score in SCORES)
+                                                  for value in values),
+                             " / ".join(f"{fmean(value[score] for value in values):.4f}" for score in SCORES)])
+                differences.append([MODEL_NAMES[peer], *(
+                    "; ".join(f"{value['difference'][score]['estimate']:+.4f} "
+                              f"[{value['difference'][score]['low']:+.4f}, {value['difference'][score]['high']:+.4f}]"
+                              for score in SCORES) for value in values)])
+            lines += [f"{PROTOCOLS[protocol]}, {title}:", "",
+                      *markdown_table(["test accuracy / macro-F1", *(f"seed {seed}" for seed in seeds), "mean"], rows),
+                      "",
+                      *markdown_table(["MLP − peer, paired 95% interval (accuracy; macro-F1)",
+                                       *(f"seed {seed}" for seed in seeds)], differences), ""]
+    return lines
+
+
+def kept(metrics: dict) -> dict:
+    """What the tables read of a run's reports/metrics.json: the test scores, every peer's with its difference,
+    and the test split's novelty slices."""
+    return {"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"],
+            "baselines": {name: {key: scores[key] for key in ("accuracy", "f1_macro", "val_accuracy", "val_f1_macro",
+                                                               "difference")}
+                          for name, scores in metrics["baselines"].items()},
+            "novelty": {"test": (metrics.get("novelty") or {}).get("test", {})}}
+
+
+def saved_runs(path: Path) -> dict[str, dict[int, dict]]:
+    """The runs as `--save` wrote them."""
+    return {protocol: {int(seed): metrics for seed, metrics in runs.items()}
+            for protocol, runs in json.loads(path.read_text()).items()}
+
+
+def named_runs(shown: list[dict], names: list[str]) -> dict[str, dict[int, dict]]:
+    """{split grouping: {split seed: metrics}} of the experiments called one of `names` or `name-N`, from
+    `dvc exp show --json`."""
+    protocols: dict[str, dict[int, dict]] = {}
+    for name in names:
+        count = 0
+        for commit in shown:
+            for experiment in commit.get("experiments") or []:
+                for rev in experiment.get("revs") or []:
+                    label = rev.get("name") or ""
+                    if label != name and label.rpartition("-")[0] != name:
+                        continue
+                    data = rev.get("data") or {}
+                    found = ((data.get("metrics") or {}).get(METRICS) or {}).get("data")
+                    if not found:
+                        raise PipelineError(f"experiment {label}: no {METRICS}, so it failed; "
+                                            f"see `dvc queue logs {label}`")
+                    split = data["params"]["params.yaml"]["data"]["split"]
+                    runs = protocols.setdefault(split.get("group_by", "track_id"), {})
+                    if split["seed"] in runs:
+                        raise PipelineError(f"experiment {label}: split seed {split['seed']} appears twice "
+                                            f"for a {PROTOCOLS.get(split.get('group_by'), 'split')}")
+                    runs[split["seed"]] = kept(found)
+                    count += 1
+        if not count:
+            raise PipelineError(f"no experiment named {name!r} or {name}-N in `dvc exp show`")
+    return protocols
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.seed_table", description=__doc__.splitlines()[0])
-    parser.add_argument("--name", required=True, help="the experiments' name, as `make seeds` queued them")
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.seed_table",
+        description="Print the MLP against its peers over the split seeds of `make seeds`, by how new a song is: "
+                    "the README's headline table, then the per-seed tables.")
+    parser.add_argument("--name", required=True, action="append",
+                        help="the experiments' name, as `make seeds` queued them (once per protocol)")
+    parser.add_argument("--save", type=Path, help="also write the runs' test metrics here, as JSON")
     args = parser.parse_args(argv)
     try:
         shown = subprocess.run([dvc_executable(), "exp", "show", "--json"], check=True, capture_output=True,
                                text=True).stdout
-        print("\n".join(seed_tables(named_runs(json.loads(shown), args.name))))
+        protocols = named_runs(json.loads(shown), args.name)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if args.save:
+        write_json(args.save, {protocol: {str(seed): runs[seed] for seed in sorted(runs)}
+                               for protocol, runs in sorted(protocols.items())})
+    print("\n".join([*headline_table(protocols), "", *seed_tables(protocols)]))
     return 0
 
 

@@ -144,29 +144,37 @@ def test_make_sweep_runs_the_grid_compares_it_and_fails_loudly_on_a_bad_run(proj
         assert float(cells["f1_macro"]) == pytest.approx(recorded[name]["metrics"]["f1_macro"], abs=1e-4)
 
 
-def test_make_seeds_runs_the_pipeline_per_split_seed_and_tables_the_mlp_against_its_peers(project):
+def test_make_seeds_runs_the_pipeline_per_seed_and_protocol_and_tables_the_mlp_against_its_peers(project):
     venv = BIN.parent
     seeds = run(["make", "-f", str(ROOT / "Makefile"), "-o", str(venv / ".installed"), "seeds", f"VENV={venv}",
                  "SEEDS=5,6", "SEEDS_JOBS=2"], project)
 
     names = re.findall(r"Queued experiment '([^']+)'", seeds.stdout)
     recorded = experiments(project)
-    assert sorted(recorded[name]["params"]["split"]["seed"] for name in names) == [5, 6], seeds.stdout
-    by_seed = {recorded[name]["params"]["split"]["seed"]: recorded[name]["metrics"] for name in names}
-    assert by_seed[5]["accuracy"] != by_seed[6]["accuracy"], "two split seeds, one result: nothing was re-split"
+    runs = {(recorded[name]["params"]["split"]["group_by"], recorded[name]["params"]["split"]["seed"]):
+            recorded[name]["metrics"] for name in names}
+    assert sorted(runs) == [("track_artist", 5), ("track_artist", 6), ("track_id", 5), ("track_id", 6)], seeds.stdout
+    assert runs["track_id", 5]["accuracy"] != runs["track_id", 6]["accuracy"], "two seeds, one result: no re-split"
+    assert runs["track_artist", 5]["novelty"]["test"]["new_artist"]["share"] == 1.0, "artist split: all artists new"
 
-    table = [[cell.strip() for cell in row.strip("|").split("|")] for row in seeds.stdout.splitlines()
-             if row.startswith("|")]
-    assert table[0] == ["test accuracy / macro-F1", "seed 5", "seed 6", "mean", "val mean"], seeds.stdout
-    mlp = table[2]
-    assert mlp[0] == "MLP"
-    for cell, seed in zip(mlp[1:3], (5, 6)):
-        assert cell == f"{by_seed[seed]['accuracy']:.4f} / {by_seed[seed]['f1_macro']:.4f}"
-    assert [row[0] for row in table[3:] if len(row) == 5] == ["HistGradientBoosting"], seeds.stdout  # not majority
-    difference = by_seed[6]["baselines"]["hist_gradient_boosting"]["difference"]["accuracy"]
-    intervals = [row for row in table if len(row) == 3]
-    assert intervals[-1][0] == "HistGradientBoosting", seeds.stdout
-    assert intervals[-1][2].startswith(f"{difference['estimate']:+.4f} ["), seeds.stdout
+    lines = seeds.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| scenario |"))
+    end = next(i for i, line in enumerate(lines[start:] + [""], start) if not line.startswith("|"))
+    headline = [[cell.strip() for cell in row.strip("|").split("|")] for row in lines[start:end]]
+    assert headline[0][:2] == ["scenario", "how it was measured"], seeds.stdout
+    every = {row[0]: row for row in headline[2:]}["every test song of a split grouped by track"]
+    mean = (runs["track_id", 5]["accuracy"] + runs["track_id", 6]["accuracy"]) / 2
+    assert every[1] == "split grouped by track, every test song; mean of split seeds 5, 6"
+    assert every[2].startswith(f"{mean:.4f} ["), seeds.stdout
+    assert every[4].startswith("HistGradientBoosting "), seeds.stdout  # the only peer; the majority is a floor
+    assert "a new artist (no training song by the artist)" in {row[0] for row in headline[2:]}
+
+    assert "split grouped by track, every test song:" in seeds.stdout
+    assert (f"| MLP | {runs['track_id', 5]['accuracy']:.4f} / {runs['track_id', 5]['f1_macro']:.4f} | "
+            f"{runs['track_id', 6]['accuracy']:.4f} / {runs['track_id', 6]['f1_macro']:.4f} |") in seeds.stdout
+    saved = json.loads((project / "reports" / "seeds.json").read_text())
+    assert sorted(saved) == ["track_artist", "track_id"] and sorted(saved["track_id"]) == ["5", "6"]
+    assert saved["track_id"]["6"]["accuracy"] == runs["track_id", 6]["accuracy"]
 
 
 def test_exp_push_and_pull_share_an_experiment_through_git_and_the_remote(project, tmp_path):

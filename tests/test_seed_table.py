@@ -1,53 +1,105 @@
-"""The seed table (stages/seed_table.py): per-seed scores, their means and the paired intervals, from the runs'
-metrics; the experiments found by name in `dvc exp show --json`. `make seeds` itself: tests/test_experiments.py."""
+"""The seed tables (stages/seed_table.py): the headline by scenario with its t-intervals over seeds and verdicts, the
+per-seed tables, and the experiments found by name and grouping in `dvc exp show --json`. `make seeds` itself:
+tests/test_experiments.py."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
+from scipy.stats import t as student_t
 
 from spotify_genre.errors import PipelineError
-from stages.seed_table import named_runs, seed_tables
+from stages.seed_table import headline_table, kept, mean_interval, named_runs, seed_tables, verdict
 
 
 def _interval(estimate: float) -> dict[str, float]:
     return {"estimate": estimate, "low": estimate - 0.005, "high": estimate + 0.005}
 
 
-def _metrics(accuracy: float, peer_accuracy: float) -> dict:
-    """A reports/metrics.json with the fields the table reads: the MLP, a floor and one peer."""
-    def peer(score: float) -> dict:
-        return {"accuracy": score, "f1_macro": score - 0.002, "val_accuracy": score + 0.001,
-                "val_f1_macro": score - 0.001,
-                "difference": {"accuracy": _interval(accuracy - score), "f1_macro": _interval(accuracy - score)}}
+def _peer(mlp: float, score: float) -> dict:
+    return {"accuracy": score, "f1_macro": score - 0.002, "val_accuracy": score + 0.001, "val_f1_macro": score - 0.001,
+            "difference": {"accuracy": _interval(mlp - score), "f1_macro": _interval(mlp - score)}}
 
+
+def _slice(songs: int, mlp: float, xgboost: float) -> dict:
+    return {"songs": songs, "accuracy": mlp, "f1_macro": mlp - 0.01,
+            "baselines": {"majority": _peer(mlp, 0.18), "xgboost": _peer(mlp, xgboost)}}
+
+
+def _metrics(accuracy: float, peer_accuracy: float, known: tuple[float, float] = (0.84, 0.85)) -> dict:
+    """A reports/metrics.json with the fields the tables read: the MLP, a floor and one peer, overall and by slice."""
     return {"accuracy": accuracy, "f1_macro": accuracy - 0.004,
             "val": {"accuracy": accuracy + 0.01, "f1_macro": accuracy + 0.008},
-            "baselines": {"majority": peer(0.18), "xgboost": peer(peer_accuracy)}}
+            "per_class": {}, "intervals": {},
+            "baselines": {"majority": _peer(accuracy, 0.18), "xgboost": _peer(accuracy, peer_accuracy)},
+            "novelty": {"test": {"known_album": _slice(1300, *known), "new_album": _slice(2400, 0.65, 0.66),
+                                 "new_artist": _slice(1200, 0.55, 0.55)},
+                        "val": {}}}
 
 
 def _cells(line: str) -> list[str]:
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
-def test_the_table_has_each_seed_the_means_and_the_paired_intervals_and_leaves_out_the_floor():
-    lines = seed_tables({4: _metrics(0.66, 0.67), 2: _metrics(0.64, 0.63)})
-    scores, intervals = lines[:lines.index("")], lines[lines.index("") + 1:]
-
-    assert _cells(scores[0]) == ["test accuracy / macro-F1", "seed 2", "seed 4", "mean", "val mean"]
-    mlp, xgboost = (_cells(line) for line in scores[2:])
-    assert mlp == ["MLP", "0.6400 / 0.6360", "0.6600 / 0.6560", "**0.6500 / 0.6460**", "0.6600 / 0.6580"]
-    assert xgboost == ["XGBoost", "0.6300 / 0.6280", "0.6700 / 0.6680", "**0.6500 / 0.6480**", "0.6510 / 0.6490"]
-    assert len(scores) == 4 and not any("majority" in line.lower() for line in lines)
-
-    assert _cells(intervals[0]) == ["MLP − peer, paired 95% interval (accuracy; macro-F1)", "seed 2", "seed 4"]
-    assert _cells(intervals[2]) == ["XGBoost", "+0.0100 [+0.0050, +0.0150]; +0.0100 [+0.0050, +0.0150]",
-                                    "-0.0100 [-0.0150, -0.0050]; -0.0100 [-0.0150, -0.0050]"]
+def test_mean_interval_is_the_t_interval_over_seeds_by_hand():
+    values = [0.01, 0.02, 0.03]
+    mean, low, high = mean_interval(values)
+    half = student_t.ppf(0.975, 2) * 0.01 / math.sqrt(3)  # the standard deviation of the three is 0.01
+    assert mean == pytest.approx(0.02) and low == pytest.approx(0.02 - half) and high == pytest.approx(0.02 + half)
+    assert verdict(low, high) == "level"  # 4.30 * 0.0058 = 0.025 > 0.02
+    assert verdict(*mean_interval([0.010, 0.011, 0.012])[1:]) == "ahead"
+    assert verdict(*mean_interval([-0.010, -0.011, -0.012])[1:]) == "behind"
+    assert verdict(*mean_interval([0.5])[1:]) == "one seed: no verdict"
 
 
-def _shown(*experiments: tuple[str, int, dict | None]) -> list[dict]:
+def test_the_headline_has_one_row_per_scenario_with_how_it_was_measured():
+    protocols = {"track_id": {101: _metrics(0.68, 0.67, (0.84, 0.83)), 102: _metrics(0.70, 0.69, (0.86, 0.85))},
+                 "track_artist": {101: _metrics(0.55, 0.56), 102: _metrics(0.57, 0.58)}}
+    lines = headline_table(protocols)
+    assert _cells(lines[0])[:3] == ["scenario", "how it was measured", "MLP test accuracy [95% interval over seeds]"]
+    rows = [_cells(line) for line in lines[2:]]
+    assert [row[0] for row in rows] == ["catalogue completion: the song's album has training songs",
+                                        "a new album by an artist with training songs",
+                                        "a new artist (no training song by the artist)",
+                                        "every test song of a split grouped by track"]
+    known = rows[0]
+    half = student_t.ppf(0.975, 1) * 0.01 * math.sqrt(2) / math.sqrt(2)  # two seeds 0.02 apart: sd 0.0141
+    assert known[1] == ("split grouped by track, test songs of this slice (about 1,300 a seed); "
+                        "mean of split seeds 101, 102")
+    assert known[2] == f"0.8500 [{0.85 - half:.4f}, {0.85 + half:.4f}]"
+    assert known[4].startswith("XGBoost 0.8400 [") and known[5] == "+0.0100 [+0.0100, +0.0100]"
+    assert known[6] == "ahead"  # the same +0.01 on both seeds: no spread, the interval excludes 0
+    assert rows[1][5] == "-0.0100 [-0.0100, -0.0100]" and rows[1][6] == "behind"
+    assert rows[2][1] == "split grouped by artist, every test song; mean of split seeds 101, 102"
+    assert rows[2][6] == "behind"
+    assert not any("majority" in line.lower() for line in lines)
+
+
+def test_a_scenario_without_its_runs_is_left_out():
+    rows = headline_table({"track_id": {7: _metrics(0.68, 0.67)}})[2:]
+    assert len(rows) == 3 and all(_cells(row)[6] == "one seed: no verdict" for row in rows)
+
+
+def test_the_per_seed_tables_have_each_seed_the_means_and_the_paired_intervals():
+    lines = seed_tables({"track_id": {4: _metrics(0.66, 0.67), 2: _metrics(0.64, 0.63)}})
+    assert lines[0] == "split grouped by track, every test song:"
+    scores = lines[2:6]
+    assert _cells(scores[0]) == ["test accuracy / macro-F1", "seed 2", "seed 4", "mean"]
+    assert _cells(scores[2]) == ["MLP", "0.6400 / 0.6360", "0.6600 / 0.6560", "0.6500 / 0.6460"]
+    assert _cells(scores[3]) == ["XGBoost", "0.6300 / 0.6280", "0.6700 / 0.6680", "0.6500 / 0.6480"]
+    assert _cells(lines[9]) == ["XGBoost", "+0.0100 [+0.0050, +0.0150]; +0.0100 [+0.0050, +0.0150]",
+                                "-0.0100 [-0.0150, -0.0050]; -0.0100 [-0.0150, -0.0050]"]
+    titles = [line for line in lines if line.endswith(":")]
+    assert titles == ["split grouped by track, every test song:", "split grouped by track, album has training songs:",
+                      "split grouped by track, new album, known artist:", "split grouped by track, new artist:"]
+    assert not any("majority" in line.lower() for line in lines)
+
+
+def _shown(*experiments: tuple[str, int, dict | None, str]) -> list[dict]:
     """`dvc exp show --json` as DVC 3 writes it: the workspace, then the baseline commit with its experiments."""
-    def rev(name: str, seed: int, metrics: dict | None) -> dict:
-        data = {"params": {"params.yaml": {"data": {"split": {"seed": seed}, "lr": 0.05}}},
+    def rev(name: str, seed: int, metrics: dict | None, group_by: str = "track_id") -> dict:
+        data = {"params": {"params.yaml": {"data": {"split": {"seed": seed, "group_by": group_by}, "lr": 0.05}}},
                 "metrics": {} if metrics is None else {"reports/metrics.json": {"data": metrics}}}
         return {"rev": f"{seed:07x}", "name": name, "data": data}
 
@@ -56,19 +108,24 @@ def _shown(*experiments: tuple[str, int, dict | None]) -> list[dict]:
              "experiments": [{"revs": [rev(*experiment)]} for experiment in experiments]}]
 
 
-def test_runs_are_found_by_name_and_keyed_by_split_seed():
-    shown = _shown(("seeds-1-1", 2, _metrics(0.64, 0.63)), ("seeds-1-2", 3, _metrics(0.65, 0.66)),
+def test_runs_are_found_by_name_and_keyed_by_grouping_and_split_seed():
+    shown = _shown(("seeds-1-track-1", 2, _metrics(0.64, 0.63)), ("seeds-1-track-2", 3, _metrics(0.65, 0.66)),
+                   ("seeds-1-artist-1", 2, _metrics(0.55, 0.56), "track_artist"),
                    ("seeds-10-1", 7, _metrics(0.5, 0.5)), ("other", 9, _metrics(0.5, 0.5)))
-    runs = named_runs(shown, "seeds-1")
-    assert sorted(runs) == [2, 3] and runs[3]["accuracy"] == 0.65
-    assert sorted(named_runs(_shown(("single", 5, _metrics(0.6, 0.6))), "single")) == [5]
+    protocols = named_runs(shown, ["seeds-1-track", "seeds-1-artist"])
+    assert sorted(protocols) == ["track_artist", "track_id"]
+    assert sorted(protocols["track_id"]) == [2, 3] and protocols["track_id"][3]["accuracy"] == 0.65
+    assert protocols["track_artist"][2] == kept(_metrics(0.55, 0.56))
+    assert "per_class" not in protocols["track_artist"][2] and "val" not in protocols["track_artist"][2]["novelty"]
+    assert sorted(named_runs(_shown(("single", 5, _metrics(0.6, 0.6))), ["single"])["track_id"]) == [5]
 
 
 @pytest.mark.parametrize(("shown", "expected"), [
     (_shown(("seeds-1-1", 2, None)), "experiment seeds-1-1: no reports/metrics.json, so it failed"),
-    (_shown(("seeds-1-1", 2, _metrics(0.6, 0.6)), ("seeds-1-2", 2, _metrics(0.6, 0.6))), "split seed 2 appears twice"),
+    (_shown(("seeds-1-1", 2, _metrics(0.6, 0.6)), ("seeds-1-2", 2, _metrics(0.6, 0.6))),
+     "split seed 2 appears twice for a split grouped by track"),
     (_shown(("other-1", 2, _metrics(0.6, 0.6))), "no experiment named 'seeds-1' or seeds-1-N"),
 ])
 def test_a_failed_doubled_or_missing_run_is_one_clear_error(shown, expected):
     with pytest.raises(PipelineError, match=expected):
-        named_runs(shown, "seeds-1")
+        named_runs(shown, ["seeds-1"])
