@@ -1,6 +1,6 @@
 """The MLP against its peers over several split seeds, each seed a full pipeline run (a DVC experiment that
 `make seeds` queues): test accuracy and macro-F1 per seed with their means, and the paired MLP − peer intervals
-of each run's evaluate stage. The README's seed table is this output.
+of each run's evaluate stage, as Markdown tables (reports/experiments.md quotes them).
 
     python -m stages.seed_table --name seeds-20261206-0400     # the experiments named seeds-20261206-0400-*
 """
@@ -77,7 +77,7 @@ def named_runs(shown: list[dict], name: str) -> dict[int, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.seed_table", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stages.seed_table", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--name", required=True, help="the experiments' name, as `make seeds` queued them")
     args = parser.parse_args(argv)
     try:
