@@ -498,7 +498,7 @@ def test_a_baseline_predictions_file_that_does_not_fit_is_one_clear_line(world, 
 
 
 @pytest.mark.parametrize("report, message", [
-    ({"majority": {"accuracy": 0.18, "f1_macro": 0.05}}, "models: missing key"),  # the shape before issue 15
+    ({"majority": {"accuracy": 0.18, "f1_macro": 0.05}}, "models: missing key"),  # the shape before the tuned peers
     ({"models": {"majority": {"val": {"accuracy": 0.2, "f1_macro": 0.1}, "test": {"accuracy": "0.2"}}},
       "strongest": "majority"}, "models.majority.test.accuracy: "),
     ({"models": {}, "strongest": "xgboost"}, "strongest: 'xgboost' is not one of its models"),
