@@ -77,7 +77,8 @@ def named_runs(shown: list[dict], name: str) -> dict[int, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.seed_table", description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser = argparse.ArgumentParser(prog="python -m stages.seed_table",
+                                     description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--name", required=True, help="the experiments' name, as `make seeds` queued them")
     args = parser.parse_args(argv)
     try:
