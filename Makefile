@@ -64,9 +64,9 @@ sweep: $(STAMP)
 	  --drop '.*' --keep '$(SWEEP_COLUMNS)'; \
 	if [ -n "$$failed" ]; then echo "make sweep: failed:" $$failed "(logs above)" >&2; exit 1; fi
 
-# The README's seed table: the whole pipeline once per split seed (SEEDS, comma-separated), each a DVC experiment,
-# then the MLP against its peers over those runs (stages/seed_table.py); fails if any run failed. SEEDS_SET adds
-# `dvc exp run` overrides to every run, e.g.
+# The three-seed tables of reports/experiments.md: the whole pipeline once per split seed (SEEDS, comma-separated),
+# each a DVC experiment, then the MLP against its peers over those runs (stages/seed_table.py); fails if any run
+# failed. SEEDS_SET adds `dvc exp run` overrides to every run, e.g.
 #   make seeds SEEDS=2,3,4,5 SEEDS_JOBS=1 SEEDS_SET="-S split.group_by=track_artist"
 SEEDS ?= 2,3,4
 SEEDS_JOBS ?= 2
