@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import yaml
 
-optuna = pytest.importorskip(
-    "optuna", reason="Optuna comes with the tune extra: pip install -c requirements/constraints.txt -e '.[pipeline,dev,tune]'")
+optuna = pytest.importorskip("optuna", reason="Optuna comes with the tune extra: "
+                             "pip install -c requirements/constraints.txt -e '.[pipeline,dev,tune]'")
 
 from optuna.trial import TrialState  # noqa: E402  (after the skip: optuna may be absent)
 
