@@ -70,7 +70,7 @@ def _header(document: dict) -> list[str]:
     runs_of_bench = {(entry.get("command"), entry.get("machine", {}).get("commit")) for entry in sections.values()}
     when = dates[0] if dates[0] == dates[-1] else f"between {dates[0]} and {dates[-1]}"
     lines = [
-        f"Written by `python -m bench` (`make bench`) from `reports/bench.json`. The sections were measured {when}"
+        f"Written by `python -m bench` (`make bench`) from the bench.json beside it. The sections were measured {when}"
         + (", in one run." if len(runs_of_bench) == 1 else
            ", not all in one run (`--only SECTION` re-measures one section and keeps the others' figures)."),
         "Each section ends with the date, command, machine and commit it was measured on; the goals' table names the "
