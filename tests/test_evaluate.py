@@ -513,8 +513,8 @@ def test_a_baselines_report_of_another_shape_is_one_clear_line(world, capsys, re
 
 
 def test_the_readme_intervals_table_is_the_committed_metrics():
-    """The README's table of intervals is results_table of the committed reports/metrics.json (the lead fills it in
-    from a run on the real data: `results_table(json.load(open("reports/metrics.json")))`)."""
+    """The README's table of intervals is results_table of the committed reports/metrics.json (made from a run on
+    the real data: `results_table(json.load(open("reports/metrics.json")))`)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     block = readme.split("<!-- intervals:start -->")[1].split("<!-- intervals:end -->")[0].strip()
     assert block.startswith("| model | test accuracy | test macro-F1 | MLP − model, accuracy |")
