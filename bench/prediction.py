@@ -22,9 +22,9 @@ from bench.project import RAW_CSV
 
 ROWS = 100_000
 QUICK_ROWS = 20_000
-TARGET_S = 5.0  # "100,000 rows in a few seconds on a 2-core CPU" (issue 7)
+TARGET_S = 5.0  # the project's goal: 100,000 rows in a few seconds on a 2-core CPU
 SMALL_ROWS = 10
-SMALL_TARGET_S = 2.0  # issue 14: a handful of songs is start-up alone
+SMALL_TARGET_S = 2.0  # the project's goal for a handful of songs, which is start-up alone
 
 
 def songs_csv(raw: pd.DataFrame, rows: int) -> bytes:
@@ -91,7 +91,7 @@ CATALOGUE_ROWS = (100_000, 1_000_000, 10_000_000)
 QUICK_CATALOGUE_ROWS = (20_000, 100_000)
 FORMATS_AT = 1_000_000  # the size the input formats (CSV, .csv.gz, Parquet) are compared at
 TARGET_PEAK_GIB = 1.0
-TARGET_ROWS_PER_S = 100_000  # end to end, at FORMATS_AT rows (issue 17)
+TARGET_ROWS_PER_S = 100_000  # the project's goal, end to end, at FORMATS_AT rows
 GROWTH_TOLERANCE = 1.1  # as the scaling section's: 10% for run-to-run noise
 POLL_S = 0.05
 
@@ -316,6 +316,6 @@ def catalogue_markdown(results: dict) -> list[str]:
         lines += ["", f"Where the time goes (in one process, one chunk of {results['steps_measured_on']:,} songs, "
                       "model loaded; seconds per million songs):", "", "| step | s per 1M songs |", "| --- | --- |"]
         lines += [f"| {name} | {seconds:.2f} |" for name, seconds in steps.items()]
-    lines += ["", "| target | measured | target | verdict |", "| --- | --- | --- | --- |"]
+    lines += ["", "| goal | measured | goal | verdict |", "| --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in catalogue_targets(results)]
     return lines

@@ -1,4 +1,6 @@
-"""reports/bench.md from reports/bench.json: the targets first, then each section's figures, readable on its own."""
+"""reports/bench.md from reports/bench.json: the project's speed and memory goals first, then each section's figures,
+readable on its own and ending with when, by which command, on which machine and at which commit it was measured
+(sections are re-measured one at a time, so they need not share a run)."""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def mib(stats: dict) -> str:
 def _at_most(measured: float, target: float, unit: str = " s") -> str:
     if measured <= target:
         return "met"
-    return f"**missed** by {_num(measured - target, unit)} ({measured / target:.1f}× the target)"
+    return f"**missed** by {_num(measured - target, unit)} ({measured / target:.1f}× the goal)"
 
 
 def _machine_line(machine: dict) -> str:
@@ -64,10 +66,15 @@ def _header(document: dict) -> list[str]:
     first = next(iter(sections.values()))
     runs = sorted({entry["runs"] for entry in sections.values()})
     quick = any(entry.get("quick") for entry in sections.values())
+    dates = sorted(entry["measured_at"][:10] for entry in sections.values() if entry.get("measured_at"))
+    runs_of_bench = {(entry.get("command"), entry.get("machine", {}).get("commit")) for entry in sections.values()}
+    when = dates[0] if dates[0] == dates[-1] else f"between {dates[0]} and {dates[-1]}"
     lines = [
-        f"Measured by `{document['command']}`"
-        f"{' (what `make bench` runs)' if document['command'] == 'python -m bench' else ''}, {document['updated']}, on "
-        f"{_machine_line(document['machine'])}.",
+        f"Written by `python -m bench` (`make bench`) from the bench.json beside it. The sections were measured {when}"
+        + (", in one run." if len(runs_of_bench) == 1 else
+           ", not all in one run (`--only SECTION` re-measures one section and keeps the others' figures)."),
+        "Each section ends with the date, command, machine and commit it was measured on; the goals' table names the "
+        "section of each row.",
         "",
         f"Each figure is the median of {' or '.join(map(str, runs))} runs, with the range (min–max) in brackets; "
         f"data: {first['dataset']}. Timings depend on the machine and on what else it is running: "
@@ -80,7 +87,11 @@ def _header(document: dict) -> list[str]:
 
 
 def _targets(sections: dict) -> list[str]:
-    rows, bounds = [], []
+    rows, bounds, origin = [], [], []
+
+    def measured_in(name: str) -> None:
+        origin.extend([name] * (len(rows) - len(origin)))
+
     pipeline = sections.get("pipeline", {}).get("results")
     if pipeline:
         repro, noop, exp = pipeline["repro"], pipeline["noop"], pipeline["exp_run"]
@@ -159,6 +170,7 @@ def _targets(sections: dict) -> list[str]:
             bounds.append(f"no-op `dvc repro`: DVC's start-up alone (`dvc --version`) takes "
                           f"{_num(pipeline['startup']['dvc_version_s']['median'], ' s')}; the rest is DVC reading "
                           "dvc.yaml and dvc.lock and checking every dependency's hash.")
+    measured_in("pipeline")
     training = sections.get("training", {}).get("results")
     if training:
         ratio = training["ratio"]
@@ -176,11 +188,13 @@ def _targets(sections: dict) -> list[str]:
                 f"{bound / plain:.2f}×; the train stage's loop reaches {stage / bound:.0%} of that bound. "
                 "Compute bounds it: the DataLoader's per-row indexing and collation cost about "
                 f"{(1 / plain - 1 / bound) * 1e6:.1f} µs a sample, the model {1e6 / bound:.1f} µs.")
+    measured_in("training")
     numerics = sections.get("numerics", {}).get("results")
     if numerics:
         rows.append(("train stage's loop with the numerics pin (same bytes on every x86-64 CPU)",
                      f"{rate(numerics['pinned_samples_per_s'])}; unpinned {rate(numerics['native_samples_per_s'])}",
                      "", f"the pin costs {fig(numerics['slowdown'], '×')}"))
+    measured_in("numerics")
     scaling = sections.get("scaling", {}).get("results")
     if scaling:
         largest = scaling["sizes"][-1]
@@ -203,6 +217,7 @@ def _targets(sections: dict) -> list[str]:
             if over:
                 bounds.append("memory: " + ", ".join(f"{name} {peaks[name]:.2f} GiB" for name in over)
                               + f" at {largest['rows']:,} rows (see the scaling table).")
+    measured_in("scaling")
     predict = sections.get("predict", {}).get("results")
     if predict:
         seconds = predict["end_to_end_s"]["median"]
@@ -219,19 +234,24 @@ def _targets(sections: dict) -> list[str]:
         if small:
             rows.append((f"`spotify-genre predict`, {small['rows']} rows, end to end", fig(small["end_to_end_s"]),
                          f"≤ {small['target_s']:g} s", _at_most(small["end_to_end_s"]["median"], small["target_s"])))
+    measured_in("predict")
     catalogue = sections.get("catalogue", {}).get("results")
     if catalogue:
         rows += catalogue_targets(catalogue)
+    measured_in("catalogue")
     tuning = sections.get("tuning", {}).get("results")
     if tuning:
         rows += tuning_targets(tuning)
+    measured_in("tuning")
     if not rows:
         return []
-    lines = ["**Targets** (issues 8, 14, 16 and 17; the targets are for a 2-core CPU)", "",
-             "| measurement | measured | target | verdict |", "| --- | --- | --- | --- |"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    lines = ["**Goals**: the project's own speed and memory goals, for a 2-core CPU; each row comes from the section "
+             "named, measured on the date given (its section says on what machine and commit).", "",
+             "| measurement | measured | goal | verdict | section, date |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} | {name}, {sections[name]['measured_at'][:10]} |"
+              for (a, b, c, d), name in zip(rows, origin)]
     if bounds:
-        lines += ["", "What bounds the missed targets (measured):", ""] + [f"- {line}" for line in bounds]
+        lines += ["", "What bounds the missed goals (measured):", ""] + [f"- {line}" for line in bounds]
     return lines
 
 
@@ -373,7 +393,7 @@ def markdown(document: dict) -> str:
             lines.append(f"**{name}**: failed: {entry['error']}")
             continue
         lines += render(entry["results"])
-        if entry["machine"].get("cpu") != document["machine"].get("cpu") or entry.get("quick"):
-            lines += ["", f"({name}: measured {entry['measured_at']} by `{entry['command']}` on "
-                          f"{_machine_line(entry['machine'])}{', quick run' if entry.get('quick') else ''}.)"]
+        commit = "" if entry["machine"].get("commit") else "; commit not recorded"
+        lines += ["", f"({name}: measured {entry['measured_at']} by `{entry['command']}` on "
+                      f"{_machine_line(entry['machine'])}{commit}{', quick run' if entry.get('quick') else ''}.)"]
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ from bench.project import ROOT
 WORKERS = 2
 RUNS = 1
 QUICK_TRIALS = 6
-TARGET_S = 600.0  # issue 16: 50 trials in at most 10 minutes on this 2-core machine, 2 workers
+TARGET_S = 600.0  # the project's goal: 50 trials in at most 10 minutes on a 2-core machine, 2 workers
 
 
 def measure(ctx: Context) -> dict:

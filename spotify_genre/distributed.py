@@ -63,7 +63,7 @@ def _client(address: str) -> Iterator[object]:
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise ParamsError("--dask needs Dask: pip install 'spotify-genre[dask]'") from None
+        raise ParamsError("--dask needs Dask: from a clone, pip install -e '.[dask]' (or `make install`)") from None
     if address == LOCAL or address.startswith(f"{LOCAL}:"):
         count = address.partition(":")[2]
         if count and not (count.isdigit() and int(count) >= 1):

@@ -148,7 +148,8 @@ class _Progress:
 @exits_cleanly
 def main(argv: list[str] | None = None) -> int:
     stage_started = time.perf_counter()
-    argparse.ArgumentParser(prog="python -m stages.train", description=__doc__.splitlines()[0]).parse_args(argv)
+    description = " ".join(__doc__.split("\n\n")[0].split())
+    argparse.ArgumentParser(prog="python -m stages.train", description=description).parse_args(argv)
     params = load_params()
     config = params.train
     device = resolve_device(config.device)

@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from dataclasses import dataclass
@@ -32,9 +33,15 @@ EXIT_CODES = """exit codes:
   130  interrupted (the trial running is marked failed; run again to continue)"""
 
 
+def _description() -> str:
+    """The docstring's first paragraph, without the command's name: whole sentences for --help."""
+    text = " ".join(__doc__.split("\n\n")[0].split(": ", 1)[1].split())
+    return textwrap.fill(text[0].upper() + text[1:], 79, break_on_hyphens=False)
+
+
 def parser() -> argparse.ArgumentParser:
     tune = argparse.ArgumentParser(
-        prog="spotify-genre tune", description=__doc__.splitlines()[0].split(": ", 1)[1].capitalize(),
+        prog="spotify-genre tune", description=_description(),
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     tune.add_argument("--trials", type=whole_number(1), metavar="N",
                       help="the study's planned total of finished trials (default: tuning.yaml's); a restarted "

@@ -107,7 +107,8 @@ def run(project: Path, baselines: Path | None) -> dict[str, dict[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.portable_run", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.portable_run",
+                                     description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("project", type=Path)
     parser.add_argument("--baselines", type=Path, help="a project whose baselines outputs to use instead of running "
                                                        "that stage")

@@ -537,7 +537,7 @@ def test_a_baseline_predictions_file_that_does_not_fit_is_one_clear_line(world, 
 
 
 @pytest.mark.parametrize("report, message", [
-    ({"majority": {"accuracy": 0.18, "f1_macro": 0.05}}, "models: missing key"),  # the shape before issue 15
+    ({"majority": {"accuracy": 0.18, "f1_macro": 0.05}}, "models: missing key"),  # the shape before the tuned peers
     ({"models": {"majority": {"val": {"accuracy": 0.2, "f1_macro": 0.1}, "test": {"accuracy": "0.2"}}},
       "strongest": "majority"}, "models.majority.test.accuracy: "),
     ({"models": {}, "strongest": "xgboost"}, "strongest: 'xgboost' is not one of its models"),
@@ -552,8 +552,8 @@ def test_a_baselines_report_of_another_shape_is_one_clear_line(world, capsys, re
 
 
 def test_the_readme_intervals_table_is_the_committed_metrics():
-    """The README's table of intervals is results_table of the committed reports/metrics.json (the lead fills it in
-    from a run on the real data: `results_table(json.load(open("reports/metrics.json")))`)."""
+    """The README's table of intervals is results_table of the committed reports/metrics.json (made from a run on
+    the real data: `results_table(json.load(open("reports/metrics.json")))`)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     block = readme.split("<!-- intervals:start -->")[1].split("<!-- intervals:end -->")[0].strip()
     assert block.startswith("| model | test accuracy | test macro-F1 | MLP − model, accuracy |")

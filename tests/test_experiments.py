@@ -21,7 +21,8 @@ METRICS = "reports/metrics.json"
 
 @pytest.fixture(scope="module")
 def baseline(synthetic_pipeline, tmp_path_factory) -> Path:
-    """The pipeline run once on synthetic data and committed (a copy of the session's): every experiment's start."""
+    """The pipeline run once on synthetic data and committed (a copy of the pytest session's): every experiment's
+    start."""
     repo = copy_project(synthetic_pipeline, tmp_path_factory.mktemp("experiments") / "project")
     yield repo
     run(["dvc", "queue", "stop"], repo, check=False)

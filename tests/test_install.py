@@ -46,8 +46,8 @@ def test_no_extras_install_only_what_predict_needs(installed):
 
 
 def test_installed_predict_gives_the_same_bytes_as_the_checkout(installed, synthetic_pipeline, tmp_path):
-    """The bundle and preprocessor of the session's synthetic pipeline, predicted with outside the checkout, so that
-    nothing but the installed package can be imported."""
+    """The bundle and preprocessor of the pytest session's synthetic pipeline, predicted with outside the checkout, so
+    that nothing but the installed package can be imported."""
     trained = synthetic_pipeline
     args = ["predict", str(EXAMPLE), "--model", str(trained / "models" / "model.pt"),
             "--preprocessor", str(trained / "models" / "preprocessor.json"), "--top-k", "2"]

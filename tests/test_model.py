@@ -356,7 +356,7 @@ def test_a_bundle_trained_with_another_preprocessor_is_refused(tmp_path):
 
 
 def test_model_loading_in_the_code_is_weights_only():
-    """Every torch.load in the library and the stages asks for weights_only=True (issue 10, safe loading)."""
+    """Every torch.load in the library and the stages asks for weights_only=True (safe loading, docs/guarantees.md)."""
     from pathlib import Path
 
     library = Path(model_module.__file__).parent

@@ -105,7 +105,7 @@ class Charts(HTMLParser):
 
 @pytest.fixture(scope="module")
 def project(synthetic_pipeline, tmp_path_factory) -> Path:
-    """A copy of the session's synthetic pipeline run: `dvc plots show` writes its page into the project."""
+    """A copy of the pytest session's synthetic pipeline run: `dvc plots show` writes its page into the project."""
     return copy_project(synthetic_pipeline, tmp_path_factory.mktemp("plots") / "project")
 
 

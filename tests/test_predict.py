@@ -181,7 +181,8 @@ def test_bad_inputs_each_say_something_different(songs, bundle, tmp_path, predic
 
 @pytest.mark.parametrize("name", sorted(path.name for path in BAD_CORPUS.glob("*") if path.suffix in (".csv", ".zip")))
 def test_bad_data_corpus(name, bundle, tmp_path, predict_here):
-    """Issue 10's corpus through predict: one clear line and exit 3, except what predict does not need."""
+    """The bad-data corpus (tests/data/bad/) through predict: one clear line and exit 3, except what predict does not
+    need."""
     result = predict_here([str(BAD_CORPUS / name), "-o", "out.csv"], bundle)
     if name in ACCEPTED_BY_PREDICT:
         assert result.returncode == 0, result.stderr.decode()
@@ -474,7 +475,8 @@ def test_unwritable_output(songs, bundle, tmp_path, predict_here):
 
 @pytest.fixture(scope="module")
 def pipeline(synthetic_pipeline) -> Path:
-    """The whole pipeline, run once by the real `dvc repro` on synthetic data (shared by the session; read only)."""
+    """The whole pipeline, run once by the real `dvc repro` on synthetic data (shared by the pytest session; read
+    only)."""
     project = synthetic_pipeline
     return project
 

@@ -1,4 +1,4 @@
-"""Issue 10, reliability: broken runs with the real `dvc` CLI (`dvc repro` interrupted during training by Ctrl-C or
+"""Reliability: broken runs with the real `dvc` CLI (`dvc repro` interrupted during training by Ctrl-C or
 SIGKILL, a second `dvc repro` while one runs), a rebuild from nothing that must give the same dvc.lock hash for hash,
 atomic writes, what reaches the model, and a walk of the code for loaders that can run what they read."""
 

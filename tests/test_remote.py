@@ -38,7 +38,7 @@ def dvc(repo: Path, *args: str, check: bool = True):
 @pytest.fixture(scope="module")
 def pipeline(synthetic_pipeline, tmp_path_factory) -> Path:
     """The pipeline run once on synthetic data, every result committed; its outputs are in its cache (a copy of
-    the session's run)."""
+    the pytest session's run)."""
     return copy_project(synthetic_pipeline, tmp_path_factory.mktemp("remote") / "pipeline")
 
 

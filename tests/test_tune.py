@@ -13,15 +13,18 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import pytest
 import yaml
-from optuna.trial import TrialState
 
-from stages import tune
-from stages.tuning_space import dvc_overrides, load_settings, search_space
-from tests.conftest import BIN, ROOT, copy_project, run, tool_env, write_params
+optuna = pytest.importorskip("optuna", reason="Optuna comes with the tune extra: "
+                             "pip install -c requirements/constraints.txt -e '.[pipeline,dev,tune]'")
+
+from optuna.trial import TrialState  # noqa: E402  (after the skip: optuna may be absent)
+
+from stages import tune  # noqa: E402
+from stages.tuning_space import dvc_overrides, load_settings, search_space  # noqa: E402
+from tests.conftest import BIN, ROOT, copy_project, run, tool_env, write_params  # noqa: E402
 
 # The heartbeat and its retry callback, which these tests exercise, are marked experimental in Optuna.
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

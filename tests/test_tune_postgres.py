@@ -13,12 +13,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-import optuna
 import pytest
-from optuna.trial import TrialState
 
-from tests.conftest import ROOT, tool_env
-from tests.test_tune import write_study
+optuna = pytest.importorskip("optuna", reason="Optuna comes with the tune extra: "
+                             "pip install -c requirements/constraints.txt -e '.[pipeline,dev,tune]'")
+
+from optuna.trial import TrialState  # noqa: E402  (after the skip: optuna may be absent)
+
+from tests.conftest import ROOT, tool_env  # noqa: E402
+from tests.test_tune import write_study  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
