@@ -150,13 +150,38 @@ def seed_tables(protocols: dict[str, dict[int, dict]]) -> list[str]:
 
 
 def kept(metrics: dict) -> dict:
-    """What the tables read of a run's reports/metrics.json: the test scores, every peer's with its difference,
-    and the test split's novelty slices."""
+    """What the tables read of a run's reports/metrics.json: the test and validation scores, every peer's with its
+    difference, and both splits' novelty slices."""
     return {"accuracy": metrics["accuracy"], "f1_macro": metrics["f1_macro"],
+            "val": {score: metrics["val"][score] for score in SCORES},
             "baselines": {name: {key: scores[key] for key in ("accuracy", "f1_macro", "val_accuracy", "val_f1_macro",
                                                                "difference")}
                           for name, scores in metrics["baselines"].items()},
-            "novelty": {"test": (metrics.get("novelty") or {}).get("test", {})}}
+            "novelty": {split: (metrics.get("novelty") or {}).get(split, {}) for split in ("test", "val")}}
+
+
+def validation_table(configurations: dict[str, dict[str, dict[int, dict]]]) -> list[str]:
+    """For choosing on development seeds without reading test: per experiment name, the mean over its seeds of the
+    MLP's validation accuracy / macro-F1, of every song and per novelty slice, and each peer's of every song."""
+    rows, header = [], None
+    for name, protocols in configurations.items():
+        for protocol, runs in protocols.items():
+            metrics = [runs[seed] for seed in sorted(runs)]
+            slices = [slice_name for slice_name in SLICES
+                      if all(run["novelty"]["val"].get(slice_name, {}).get("songs") for run in metrics)]
+            header = header or ["experiments", "split", "seeds", "MLP, every song",
+                                *(f"MLP, {DESCRIPTIONS[slice_name]}" for slice_name in slices),
+                                *(f"{MODEL_NAMES[peer]}, every song" for peer in peers(runs))]
+
+            def mean(values: list[dict]) -> str:
+                return " / ".join(f"{fmean(value[score] for value in values):.4f}" for score in SCORES)
+
+            rows.append([name, PROTOCOLS[protocol], ", ".join(str(seed) for seed in sorted(runs)),
+                         mean([run["val"] for run in metrics]),
+                         *(mean([run["novelty"]["val"][slice_name] for run in metrics]) for slice_name in slices),
+                         *(" / ".join(f"{fmean(run['baselines'][peer]['val_' + score] for run in metrics):.4f}"
+                                      for score in SCORES) for peer in peers(runs))])
+    return ["Validation accuracy / macro-F1, means over the seeds:", "", *markdown_table(header or [], rows)]
 
 
 def saved_runs(path: Path) -> dict[str, dict[int, dict]]:
@@ -202,11 +227,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, action="append",
                         help="the experiments' name, as `make seeds` queued them (once per protocol)")
     parser.add_argument("--save", type=Path, help="also write the runs' test metrics here, as JSON")
+    parser.add_argument("--validation", action="store_true",
+                        help="print only validation scores, one row per experiment name: for choosing on the "
+                             "development seeds without reading their test split")
+    parser.add_argument("--commits", type=int, default=20,
+                        help="look for the experiments on this many commits back from HEAD (default 20)")
     args = parser.parse_args(argv)
     try:
-        shown = subprocess.run([dvc_executable(), "exp", "show", "--json"], check=True, capture_output=True,
-                               text=True).stdout
-        protocols = named_runs(json.loads(shown), args.name)
+        shown = json.loads(subprocess.run([dvc_executable(), "exp", "show", "--json", "-n", str(args.commits)],
+                                          check=True, capture_output=True, text=True).stdout)
+        if args.validation:
+            print("\n".join(validation_table({name: named_runs(shown, [name]) for name in args.name})))
+            return 0
+        protocols = named_runs(shown, args.name)
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -95,8 +95,8 @@ def saved(songs, tmp_path):
 
 def test_the_preprocessor_saves_and_loads_its_lookup(saved):
     pre, path, new, train_inputs = saved
-    assert pre.id_fields == ("track_album_id",) and pre.song_fields == ("track_album_id",)
-    assert pre.output_features[-1] == "track_album_id_songs" and train_inputs.shape[1] == len(pre.output_features)
+    assert pre.id_fields == ("track_album_id", "track_artist") == pre.song_fields
+    assert pre.output_features[-1] == "track_artist_songs" and train_inputs.shape[1] == len(pre.output_features)
     loaded = load_preprocessor(path)
     assert loaded == pre
     np.testing.assert_array_equal(model_inputs(loaded, new), model_inputs(pre, new))
@@ -106,7 +106,7 @@ def test_the_preprocessor_saves_and_loads_its_lookup(saved):
 def test_a_song_without_the_id_column_is_refused_in_one_line(saved):
     pre, _, new, _ = saved
     with pytest.raises(DataError, match=r"^column 'track_album_id' is missing; the preprocessor scores these "
-                                        r"columns: track_album_id$"):
+                                        r"columns: track_album_id, track_artist$"):
         model_inputs(pre, new.drop(columns="track_album_id"))
 
 

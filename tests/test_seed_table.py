@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import t as student_t
 
 from spotify_genre.errors import PipelineError
-from stages.seed_table import headline_table, kept, mean_interval, named_runs, seed_tables, verdict
+from stages.seed_table import headline_table, kept, mean_interval, named_runs, seed_tables, validation_table, verdict
 
 
 def _interval(estimate: float) -> dict[str, float]:
@@ -35,7 +35,9 @@ def _metrics(accuracy: float, peer_accuracy: float, known: tuple[float, float] =
             "baselines": {"majority": _peer(accuracy, 0.18), "xgboost": _peer(accuracy, peer_accuracy)},
             "novelty": {"test": {"known_album": _slice(1300, *known), "new_album": _slice(2400, 0.65, 0.66),
                                  "new_artist": _slice(1200, 0.55, 0.55)},
-                        "val": {}}}
+                        "val": {"known_album": {"songs": 1300, "accuracy": accuracy + 0.2, "f1_macro": accuracy + 0.19},
+                                "new_album": {"songs": 2400, "accuracy": accuracy, "f1_macro": accuracy - 0.01},
+                                "new_artist": {"songs": 0, "share": 0.0}}}}
 
 
 def _cells(line: str) -> list[str]:
@@ -116,7 +118,7 @@ def test_runs_are_found_by_name_and_keyed_by_grouping_and_split_seed():
     assert sorted(protocols) == ["track_artist", "track_id"]
     assert sorted(protocols["track_id"]) == [2, 3] and protocols["track_id"][3]["accuracy"] == 0.65
     assert protocols["track_artist"][2] == kept(_metrics(0.55, 0.56))
-    assert "per_class" not in protocols["track_artist"][2] and "val" not in protocols["track_artist"][2]["novelty"]
+    assert "per_class" not in protocols["track_artist"][2] and "intervals" not in protocols["track_artist"][2]
     assert sorted(named_runs(_shown(("single", 5, _metrics(0.6, 0.6))), ["single"])["track_id"]) == [5]
 
 
@@ -129,3 +131,19 @@ def test_runs_are_found_by_name_and_keyed_by_grouping_and_split_seed():
 def test_a_failed_doubled_or_missing_run_is_one_clear_error(shown, expected):
     with pytest.raises(PipelineError, match=expected):
         named_runs(shown, ["seeds-1"])
+
+
+def test_the_validation_table_reads_no_test_score():
+    protocols = {"track_id": {2: _metrics(0.60, 0.61), 3: _metrics(0.64, 0.63)}}
+    lines = validation_table({"dev-album": protocols})
+    header, row = _cells(lines[2]), _cells(lines[4])
+    assert header == ["experiments", "split", "seeds", "MLP, every song", "MLP, album has training songs",
+                      "MLP, new album, known artist", "XGBoost, every song"]  # no slice without songs
+    assert row == ["dev-album", "split grouped by track", "2, 3", "0.6300 / 0.6280", "0.8200 / 0.8100",
+                   "0.6200 / 0.6100", "0.6210 / 0.6190"]
+    # Scrambling every test figure leaves the table as it was.
+    for run in protocols["track_id"].values():
+        run["accuracy"] = run["f1_macro"] = -1.0
+        for scores in [*run["baselines"].values(), *run["novelty"]["test"].values()]:
+            scores["accuracy"] = -1.0
+    assert validation_table({"dev-album": protocols}) == lines
