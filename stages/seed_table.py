@@ -36,10 +36,10 @@ SCORES = ("accuracy", "f1_macro")
 PROTOCOLS = {"track_id": "split grouped by track", "track_artist": "split grouped by artist"}
 # The headline's scenarios: (what a user labels, the protocol, the novelty slice or None for every test song).
 SCENARIOS = (
-    ("catalogue completion: the song's album has training songs", "track_id", "known_album"),
-    ("a new album by an artist with training songs", "track_id", "new_album"),
-    ("a new artist (no training song by the artist)", "track_artist", None),
-    ("every test song of a split grouped by track", "track_id", None),
+    ("catalogue completion: the album has training songs", "track_id", "known_album"),
+    ("new album of a known artist", "track_id", "new_album"),
+    ("new artist", "track_artist", "new_artist"),
+    ("every song of a split grouped by track", "track_id", None),
 )
 
 
@@ -71,6 +71,13 @@ def peers(runs: dict[int, dict]) -> list[str]:
     metrics = list(runs.values())
     common = [name for name in MODEL_NAMES if name != "mlp" and all(name in run["baselines"] for run in metrics)]
     return sorted(common, key=lambda name: -fmean(run["baselines"][name]["val_accuracy"] for run in metrics))
+
+
+def seeds_text(seeds: list[int]) -> str:
+    """`101–105` for consecutive seeds, else `2, 3, 7`."""
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}–{seeds[-1]}"
+    return ", ".join(str(seed) for seed in seeds)
 
 
 def _text(mean: float, low: float, high: float, signed: bool = False) -> str:
@@ -106,17 +113,15 @@ def headline_table(protocols: dict[str, dict[int, dict]]) -> list[str]:
         found = summary(runs, slice_name, peer)
         if found is None:
             continue
-        seeds = ", ".join(str(seed) for seed in sorted(runs))
-        where = (f"{PROTOCOLS[protocol]}, " + (f"test songs of this slice (about {found['songs']:,.0f} a seed)"
-                                                if slice_name else "every test song")
-                 + f"; mean of split seeds {seeds}")
+        where = (f"{PROTOCOLS[protocol]}, " + (f"this slice (about {found['songs']:,.0f} songs)" if slice_name
+                                                else "every test song")
+                 + f"; seeds {seeds_text(sorted(runs))}")
         difference = found["difference_accuracy"]
         rows.append([scenario, where, _text(*found["mlp_accuracy"]), f"{found['mlp_f1_macro'][0]:.4f}",
                      f"{MODEL_NAMES[peer]} {_text(*found['peer_accuracy'])}", _text(*difference, signed=True),
                      verdict(*difference[1:])])
-    return markdown_table(["scenario", "how it was measured", "MLP test accuracy [95% interval over seeds]",
-                           "MLP macro-F1", "strongest peer (chosen on validation)", "MLP − peer, accuracy",
-                           "verdict"], rows)
+    return markdown_table(["scenario", "measured on", "MLP test accuracy", "MLP macro-F1", "strongest peer",
+                           "MLP − peer", "verdict"], rows)
 
 
 def seed_tables(protocols: dict[str, dict[int, dict]]) -> list[str]:
@@ -224,8 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m stages.seed_table",
         description="Print the MLP against its peers over the split seeds of `make seeds`, by how new a song is: "
                     "the README's headline table, then the per-seed tables.")
-    parser.add_argument("--name", required=True, action="append",
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--name", action="append",
                         help="the experiments' name, as `make seeds` queued them (once per protocol)")
+    source.add_argument("--from", dest="saved", type=Path, metavar="FILE",
+                        help="the runs a --save wrote (reports/seeds.json), instead of DVC's experiments")
     parser.add_argument("--save", type=Path, help="also write the runs' test metrics here, as JSON")
     parser.add_argument("--validation", action="store_true",
                         help="print only validation scores, one row per experiment name: for choosing on the "
@@ -233,6 +241,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commits", type=int, default=20,
                         help="look for the experiments on this many commits back from HEAD (default 20)")
     args = parser.parse_args(argv)
+    if args.saved is not None:
+        if args.validation or args.save:
+            parser.error("--from prints the saved runs' tables; --validation and --save need --name")
+        try:
+            protocols = saved_runs(args.saved)
+        except (OSError, ValueError) as error:
+            print(f"error: {args.saved}: cannot read the saved runs ({error})", file=sys.stderr)
+            return 1
+        print("\n".join([*headline_table(protocols), "", *seed_tables(protocols)]))
+        return 0
     try:
         shown = json.loads(subprocess.run([dvc_executable(), "exp", "show", "--json", "-n", str(args.commits)],
                                           check=True, capture_output=True, text=True).stdout)

@@ -104,6 +104,10 @@ def test_exp_run_with_a_new_lr_reruns_only_train_and_evaluate(project):
     assert scores(after) == scores(before), "the baselines' own scores do not depend on lr"
     assert not any(key.startswith("baselines.") and ".difference." not in key for key in diff)
     assert after["baselines"] != before["baselines"], "the paired differences to the MLP do"
+    slices = [key for key in diff if key.startswith("novelty.test.") and key.endswith(".accuracy")]
+    assert "novelty.test.known_album.accuracy" in slices, "dvc metrics diff shows the scores by novelty slice"
+    assert diff["novelty.test.known_album.accuracy"]["new"] == after["novelty"]["test"]["known_album"]["accuracy"]
+    assert "novelty.test.known_album.songs" not in diff, "the slices' songs do not depend on lr"
     assert "log_loss" in run(["dvc", "metrics", "diff"], project).stdout
 
 
@@ -156,19 +160,19 @@ def test_make_seeds_runs_the_pipeline_per_seed_and_protocol_and_tables_the_mlp_a
             recorded[name]["metrics"] for name in names}
     assert sorted(runs) == [("track_artist", 5), ("track_artist", 6), ("track_id", 5), ("track_id", 6)], seeds.stdout
     assert runs["track_id", 5]["accuracy"] != runs["track_id", 6]["accuracy"], "two seeds, one result: no re-split"
-    assert runs["track_artist", 5]["novelty"]["test"]["new_artist"]["share"] == 1.0, "artist split: all artists new"
+    assert runs["track_artist", 5]["novelty"]["test"]["new_album"]["songs"] == 0, "artist split: no artist known"
 
     lines = seeds.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| scenario |"))
     end = next(i for i, line in enumerate(lines[start:] + [""], start) if not line.startswith("|"))
     headline = [[cell.strip() for cell in row.strip("|").split("|")] for row in lines[start:end]]
-    assert headline[0][:2] == ["scenario", "how it was measured"], seeds.stdout
-    every = {row[0]: row for row in headline[2:]}["every test song of a split grouped by track"]
+    assert headline[0][:2] == ["scenario", "measured on"], seeds.stdout
+    every = {row[0]: row for row in headline[2:]}["every song of a split grouped by track"]
     mean = (runs["track_id", 5]["accuracy"] + runs["track_id", 6]["accuracy"]) / 2
-    assert every[1] == "split grouped by track, every test song; mean of split seeds 5, 6"
+    assert every[1] == "split grouped by track, every test song; seeds 5, 6"
     assert every[2].startswith(f"{mean:.4f} ["), seeds.stdout
     assert every[4].startswith("HistGradientBoosting "), seeds.stdout  # the only peer; the majority is a floor
-    assert "a new artist (no training song by the artist)" in {row[0] for row in headline[2:]}
+    assert "new artist" in {row[0] for row in headline[2:]}
 
     assert "split grouped by track, every test song:" in seeds.stdout
     assert (f"| MLP | {runs['track_id', 5]['accuracy']:.4f} / {runs['track_id', 5]['f1_macro']:.4f} | "

@@ -5,12 +5,14 @@ tests/test_experiments.py."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from scipy.stats import t as student_t
 
 from spotify_genre.errors import PipelineError
-from stages.seed_table import headline_table, kept, mean_interval, named_runs, seed_tables, validation_table, verdict
+from stages.seed_table import (headline_table, kept, mean_interval, named_runs, saved_runs, seed_tables, seeds_text,
+                               validation_table, verdict)
 
 
 def _interval(estimate: float) -> dict[str, float]:
@@ -59,22 +61,21 @@ def test_the_headline_has_one_row_per_scenario_with_how_it_was_measured():
     protocols = {"track_id": {101: _metrics(0.68, 0.67, (0.84, 0.83)), 102: _metrics(0.70, 0.69, (0.86, 0.85))},
                  "track_artist": {101: _metrics(0.55, 0.56), 102: _metrics(0.57, 0.58)}}
     lines = headline_table(protocols)
-    assert _cells(lines[0])[:3] == ["scenario", "how it was measured", "MLP test accuracy [95% interval over seeds]"]
+    assert _cells(lines[0])[:3] == ["scenario", "measured on", "MLP test accuracy"]
     rows = [_cells(line) for line in lines[2:]]
-    assert [row[0] for row in rows] == ["catalogue completion: the song's album has training songs",
-                                        "a new album by an artist with training songs",
-                                        "a new artist (no training song by the artist)",
-                                        "every test song of a split grouped by track"]
+    assert [row[0] for row in rows] == ["catalogue completion: the album has training songs",
+                                        "new album of a known artist", "new artist",
+                                        "every song of a split grouped by track"]
     known = rows[0]
     half = student_t.ppf(0.975, 1) * 0.01 * math.sqrt(2) / math.sqrt(2)  # two seeds 0.02 apart: sd 0.0141
-    assert known[1] == ("split grouped by track, test songs of this slice (about 1,300 a seed); "
-                        "mean of split seeds 101, 102")
+    assert known[1] == "split grouped by track, this slice (about 1,300 songs); seeds 101, 102"
     assert known[2] == f"0.8500 [{0.85 - half:.4f}, {0.85 + half:.4f}]"
     assert known[4].startswith("XGBoost 0.8400 [") and known[5] == "+0.0100 [+0.0100, +0.0100]"
     assert known[6] == "ahead"  # the same +0.01 on both seeds: no spread, the interval excludes 0
     assert rows[1][5] == "-0.0100 [-0.0100, -0.0100]" and rows[1][6] == "behind"
-    assert rows[2][1] == "split grouped by artist, every test song; mean of split seeds 101, 102"
-    assert rows[2][6] == "behind"
+    assert rows[2][1] == "split grouped by artist, this slice (about 1,200 songs); seeds 101, 102"
+    assert seeds_text([101, 102, 103]) == "101–103" and seeds_text([2, 3, 7]) == "2, 3, 7"
+    assert rows[2][6] == "level"  # the same score on both seeds: a difference of exactly 0
     assert not any("majority" in line.lower() for line in lines)
 
 
@@ -147,3 +148,13 @@ def test_the_validation_table_reads_no_test_score():
         for scores in [*run["baselines"].values(), *run["novelty"]["test"].values()]:
             scores["accuracy"] = -1.0
     assert validation_table({"dev-album": protocols}) == lines
+
+
+def test_the_readme_headline_is_the_committed_report_runs():
+    """The README's headline is headline_table of reports/seeds.json, which `make seeds` saves."""
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- headline:start -->")[1].split("<!-- headline:end -->")[0].strip()
+    protocols = saved_runs(root / "reports" / "seeds.json")
+    assert sorted(protocols) == ["track_artist", "track_id"] and all(len(runs) >= 5 for runs in protocols.values())
+    assert block == "\n".join(headline_table(protocols))
