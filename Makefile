@@ -65,7 +65,7 @@ sweep: $(STAMP)
 	if [ -n "$$failed" ]; then echo "make sweep: failed:" $$failed "(logs above)" >&2; exit 1; fi
 
 # The README's seed table: the whole pipeline once per split seed (SEEDS, comma-separated), each a DVC experiment,
-# then the MLP against its peers over those runs (stages/seed_table.py); fails if any run failed. SEEDS_SET adds
+# then the MLP against its peers over those runs (experiments/seeds.py); fails if any run failed. SEEDS_SET adds
 # `dvc exp run` overrides to every run, e.g.
 #   make seeds SEEDS=2,3,4,5 SEEDS_JOBS=1 SEEDS_SET="-S split.group_by=track_artist"
 SEEDS ?= 2,3,4
@@ -76,14 +76,14 @@ seeds: $(STAMP)
 	$(BIN)/dvc exp run --queue --name $$name -S 'split.seed=$(SEEDS)' $(SEEDS_SET); \
 	$(call RUN_QUEUED,$(SEEDS_JOBS)); \
 	if [ -n "$$failed" ]; then echo "make seeds: failed:" $$failed "(logs above)" >&2; exit 1; fi; \
-	echo; $(BIN)/python -m stages.seed_table --name $$name
+	echo; $(BIN)/python -m experiments.seeds --name $$name
 
 # The study of tuning.yaml (docs/tuning.md) on the pipeline's own processed splits, which it brings up to date first.
 # Killed and started again, it continues; e.g. make tune TUNE_ARGS="--trials 100 --storage postgresql://host/db"
 TUNE_WORKERS ?= 2
 tune: $(STAMP)
 	$(BIN)/dvc repro preprocess
-	$(BIN)/spotify-genre tune --workers $(TUNE_WORKERS) $(TUNE_ARGS)
+	$(BIN)/python -m experiments.tune --workers $(TUNE_WORKERS) $(TUNE_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

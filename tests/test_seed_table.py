@@ -1,12 +1,12 @@
-"""The seed table (stages/seed_table.py): per-seed scores, their means and the paired intervals, from the runs'
+"""The seed table (experiments/seeds.py): per-seed scores, their means and the paired intervals, from the runs'
 metrics; the experiments found by name in `dvc exp show --json`. `make seeds` itself: tests/test_experiments.py."""
 
 from __future__ import annotations
 
 import pytest
 
+from experiments.seeds import named_runs, seed_tables
 from spotify_genre.errors import PipelineError
-from stages.seed_table import named_runs, seed_tables
 
 
 def _interval(estimate: float) -> dict[str, float]:
