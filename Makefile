@@ -66,7 +66,7 @@ sweep: $(STAMP)
 
 # The README's headline table: the whole pipeline once per report seed (SEEDS, comma-separated) and per split
 # protocol (SEEDS_PROTOCOLS: grouped by track, grouped by artist), each a DVC experiment, then the MLP against its
-# peers by how new a song is (stages/seed_table.py), saved to SEEDS_SAVE; fails if any run failed. The report seeds
+# peers by how new a song is (experiments/seeds.py), saved to SEEDS_SAVE; fails if any run failed. The report seeds
 # are read once per change of the default; choices are made on validation of the development seeds
 # (docs/protocol.md). SEEDS_SET adds `dvc exp run` overrides to every run, e.g.
 #   make seeds SEEDS=2,3,4 SEEDS_SAVE=/tmp/dev.json SEEDS_SET="-S train.dropout=0.3"
@@ -84,14 +84,14 @@ seeds: $(STAMP)
 	done; \
 	$(call RUN_QUEUED,$(SEEDS_JOBS)); \
 	if [ -n "$$failed" ]; then echo "make seeds: failed:" $$failed "(logs above)" >&2; exit 1; fi; \
-	echo; $(BIN)/python -m stages.seed_table $$names --save $(SEEDS_SAVE)
+	echo; $(BIN)/python -m experiments.seeds $$names --save $(SEEDS_SAVE)
 
 # The study of tuning.yaml (docs/tuning.md) on the pipeline's own processed splits, which it brings up to date first.
 # Killed and started again, it continues; e.g. make tune TUNE_ARGS="--trials 100 --storage postgresql://host/db"
 TUNE_WORKERS ?= 2
 tune: $(STAMP)
 	$(BIN)/dvc repro preprocess
-	$(BIN)/spotify-genre tune --workers $(TUNE_WORKERS) $(TUNE_ARGS)
+	$(BIN)/python -m experiments.tune --workers $(TUNE_WORKERS) $(TUNE_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

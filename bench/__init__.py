@@ -4,4 +4,4 @@ Everything runs in throwaway copies of the project under a temporary folder; the
 reports/bench.json and reports/bench.md. See `python -m bench --help`.
 """
 
-import stages  # noqa: F401,E402  (the numerics pin, before any section imports numpy or torch)
+import spotify_genre  # noqa: F401,E402  (the numerics pin, before any section imports numpy or torch)

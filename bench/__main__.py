@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
                "a plain DataLoader), numerics (the train loop with and without the numerics pin), scaling (1x/10x/100x "
                "synthetic rows: time and peak memory per stage), predict "
                "(100,000 rows), catalogue (predict streamed over 100k, 1M and 10M songs; CSV, .csv.gz and "
-               "Parquet), tuning (`spotify-genre tune`, 50 trials on 2 workers, once), cuda (CPU against GPU; "
+               "Parquet), tuning (`python -m experiments.tune`, 50 trials on 2 workers, once), cuda (CPU against GPU; "
                "skipped without one). --only merges its sections into the "
                "existing report.")
     parser.add_argument("--quick", action="store_true",

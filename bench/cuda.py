@@ -1,4 +1,5 @@
-"""Section `cuda`: the train stage's training (`stages.training.fit`, default params, early stopping) on CPU and GPU.
+"""Section `cuda`: the train stage's training (`pipeline.mlp_fitting.fit`, default params, early stopping) on CPU and
+GPU.
 
 Needs neither DVC nor DVCLive: the preprocessed data comes from the stages' commands run directly. Skipped, with
 the reason, where torch sees no CUDA device. Runs alternate between the devices, each from the same seed. Then
@@ -24,10 +25,10 @@ def measure(ctx: Context) -> dict:
         build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
         return {"skipped": f"no CUDA device: torch {torch.__version__} ({build}) sees no GPU"}
 
+    from pipeline.mlp_fitting import fit
+    from pipeline.params import load_params
     from spotify_genre.model import build_mlp
-    from stages.params import load_params
-    from spotify_genre.schema import GENRES
-    from stages.training import fit
+    from spotify_genre.songs.schema import GENRES
 
     project = ctx.prepared("preprocess")
     params = load_params(project / "params.yaml")

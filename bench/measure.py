@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-VENV_BIN = Path(sys.executable).parent
+from pipeline.tools import VENV_BIN, child_env
+
 CHILD = Path(__file__).with_name("child.py")
 
 
@@ -38,18 +39,6 @@ def summary(values: Sequence[float], digits: int = 4) -> dict:
 
     return {"median": r(statistics.median(ordered)), "min": r(ordered[0]), "max": r(ordered[-1]),
             "q1": r(q1), "q3": r(q3), "n": len(ordered), "runs": [r(value) for value in values]}
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment of every measured command: this venv's tools first, unbuffered output, no analytics."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("KAGGLE_", "AWS_"))}
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONHASHSEED"] = "0"
-    env["DVC_NO_ANALYTICS"] = "1"
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    env.update(extra)
-    return env
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Each run is a fresh process, since every library reads its setting once, at load: one with the pin, one with
 SPOTIFY_GENRE_NUMERICS=native (every library on its fastest path for this CPU), alternating, so both see the same
 load. Both train the train stage's own model (embedding included) on the prepared training split with the
-default params, through `stages.training.fit`, for the same epochs after one warm-up epoch.
+default params, through `pipeline.mlp_fitting.fit`, for the same epochs after one warm-up epoch.
 
     python -m bench.numerics PROJECT EPOCHS   # one measurement, as JSON on stdout (what the section runs)
 """
@@ -29,12 +29,12 @@ def samples_per_s(project: Path, epochs: int) -> dict:
     """The train stage's loop, in this process, under whatever numerics it started with."""
     import torch
 
+    from bench.training import configure_torch, load_split, stage_loop_seconds
+    from pipeline.mlp_fitting import embedding_config
+    from pipeline.params import load_params
     from spotify_genre.model import build_mlp
     from spotify_genre.numerics import in_effect
-    from stages.params import load_params
-    from spotify_genre.schema import GENRES
-    from stages.training import embedding_config
-    from bench.training import configure_torch, load_split, stage_loop_seconds
+    from spotify_genre.songs.schema import GENRES
 
     params = load_params(project / "params.yaml")
     config = params.train

@@ -3,7 +3,7 @@ start-up; and streamed over whole catalogues (measure_catalogue).
 
 The input is the raw songs repeated to the row count (real songs when the dataset is present), written with
 every raw column; the model and preprocessor are those the pipeline trains with the default params. End to
-end is a fresh `python -m spotify_genre.cli` process per run; "in process" calls the same `main()` in this
+end is a fresh `python -m spotify_genre.predict.cli` process per run; "in process" calls the same `main()` in this
 process, after one unmeasured call, so the interpreter's start and the imports (torch, pandas) are left out.
 """
 
@@ -33,7 +33,7 @@ def songs_csv(raw: pd.DataFrame, rows: int) -> bytes:
 
 
 def measure(ctx: Context) -> dict:
-    from spotify_genre.cli import main as predict_main
+    from spotify_genre.predict.cli import main as predict_main
 
     rows = QUICK_ROWS if ctx.quick else ROWS
     project = ctx.prepared("train")
@@ -43,7 +43,7 @@ def measure(ctx: Context) -> dict:
     argv = ["predict", str(source), "-o", str(output), "--model", str(model), "--preprocessor", str(preprocessor)]
 
     ctx.log(f"predict: {rows:,} rows, end to end x{ctx.runs}")
-    end_to_end = [run(python("-m", "spotify_genre.cli", *argv), project) for _ in range(ctx.runs)]
+    end_to_end = [run(python("-m", "spotify_genre.predict.cli", *argv), project) for _ in range(ctx.runs)]
     written = output.read_text(encoding="utf-8").count("\n") - 1
     if written != rows:
         raise BenchError(f"predict wrote {written} rows for {rows}")
@@ -60,20 +60,20 @@ def measure(ctx: Context) -> dict:
                 raise BenchError(f"predict exited {code}: {quiet.getvalue()[-500:]}")
             if attempt:
                 in_process.append(seconds)
-    startup = [run(python("-c", "import spotify_genre.cli, spotify_genre.model"), project).seconds
+    startup = [run(python("-c", "import spotify_genre.predict.cli, spotify_genre.model"), project).seconds
                for _ in range(ctx.runs)]
 
     small = project / "songs-10.csv"
     small.write_bytes(songs_csv(pd.read_csv(project / RAW_CSV, dtype=str, keep_default_na=False), SMALL_ROWS))
     ctx.log(f"predict: {SMALL_ROWS} rows, end to end x{ctx.runs}")
     small_argv = ["predict", str(small), "-o", str(output), "--model", str(model), "--preprocessor", str(preprocessor)]
-    small_runs = [run(python("-m", "spotify_genre.cli", *small_argv), project).seconds for _ in range(ctx.runs)]
+    small_runs = [run(python("-m", "spotify_genre.predict.cli", *small_argv), project).seconds for _ in range(ctx.runs)]
 
     wall = [r.seconds for r in end_to_end]
     return {
         "rows": rows,
         "input_mib": round(source.stat().st_size / 2**20, 1),
-        "command": "python -m spotify_genre.cli songs.csv -o out.csv",
+        "command": "python -m spotify_genre.predict.cli songs.csv -o out.csv",
         "end_to_end_s": summary(wall),
         "end_to_end_rows_per_s": summary([rows / seconds for seconds in wall]),
         "peak_rss_mib": summary([r.max_rss_bytes / 2**20 for r in end_to_end]),
@@ -161,10 +161,10 @@ def measure_catalogue(ctx: Context) -> dict:
     worker processes: wall time, rows/s and the peak memory of the process and its workers together."""
     import gzip
 
-    from spotify_genre.catalogue import required_columns
-    from spotify_genre.preprocessor import load_preprocessor
-    from spotify_genre.schema import read_songs
-    from spotify_genre.streaming import DEFAULT_CHUNK_ROWS
+    from spotify_genre.predict.predictor import DEFAULT_CHUNK_ROWS
+    from spotify_genre.preprocessing.preprocessor import load_preprocessor
+    from spotify_genre.songs.csv_reader import required_columns
+    from spotify_genre.songs.schema import read_songs
 
     sizes = QUICK_CATALOGUE_ROWS if ctx.quick else CATALOGUE_ROWS
     formats_at = sizes[-1] if ctx.quick else FORMATS_AT
@@ -177,7 +177,7 @@ def measure_catalogue(ctx: Context) -> dict:
     base = ["predict", "--model", str(model), "--preprocessor", str(preprocessor)]
 
     def predict(source, output, *extra) -> tuple[float, float]:
-        seconds, peak, _ = _tree_peak_rss(python("-m", "spotify_genre.cli", *base[:1], str(source), "-o", str(output),
+        seconds, peak, _ = _tree_peak_rss(python("-m", "spotify_genre.predict.cli", *base[:1], str(source), "-o", str(output),
                                                  *base[1:], *extra), project)
         return seconds, peak
 
@@ -220,7 +220,7 @@ def measure_catalogue(ctx: Context) -> dict:
     workers = {"workers": 2, "end_to_end_s": round(seconds, 2), "rows_per_s": round(formats_at / seconds),
                "peak_rss_mib": round(peak / 2**20), "same_predictions": _sha256(folder / "out-workers.csv") == expected}
     steps = _stage_costs(files[sizes[0]], model, preprocessor, ctx)
-    return {"command": "python -m spotify_genre.cli predict songs-N.csv -o out.csv --model … --preprocessor …",
+    return {"command": "python -m spotify_genre.predict.cli predict songs-N.csv -o out.csv --model … --preprocessor …",
             "seconds_per_million_by_step": steps, "steps_measured_on": sizes[0],
             "chunk_rows": DEFAULT_CHUNK_ROWS, "sizes": results, "formats_at": formats_at, "formats": formats,
             "with_workers": workers, "target_peak_gib": TARGET_PEAK_GIB, "target_rows_per_s": TARGET_ROWS_PER_S,
@@ -230,15 +230,15 @@ def measure_catalogue(ctx: Context) -> dict:
 def _stage_costs(source, model, preprocessor, ctx: Context) -> dict[str, float]:
     """Seconds per million songs of each step, in this process on one chunk of `source` (the model already loaded):
     what bounds the end-to-end rate."""
-    from spotify_genre.bundle import load_bundle
-    from spotify_genre.catalogue import parse_csv
     from spotify_genre.model import predict_proba
-    from spotify_genre.outputs import CSV, render
-    from spotify_genre.predictions import prediction_table
-    from spotify_genre.preprocessor import model_inputs
-    from spotify_genre.records import split_records
-    from spotify_genre.score_cache import remembering
-    from spotify_genre.streaming import MODEL_BATCH_ROWS, Predictor, Settings
+    from spotify_genre.model.bundle import load_bundle
+    from spotify_genre.predict.predictor import MODEL_BATCH_ROWS, Predictor, Settings
+    from spotify_genre.predict.sinks import CSV, render
+    from spotify_genre.predict.table import prediction_table
+    from spotify_genre.preprocessing.preprocessor import model_inputs
+    from spotify_genre.preprocessing.score_cache import remembering
+    from spotify_genre.songs.csv_reader import parse_csv
+    from spotify_genre.songs.records import split_records
 
     predictor = Predictor(Settings(str(model), str(preprocessor)))
     with open(source, "rb") as file:

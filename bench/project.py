@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import shlex
 import shutil
 from dataclasses import dataclass
@@ -11,9 +10,12 @@ from pathlib import Path
 import yaml
 
 from bench.measure import BenchError, Run, child_env, python, run, tool
+from pipeline.params import with_values
+from spotify_genre.errors import ParamsError
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("stages", "spotify_genre", "dvc.yaml", "params.yaml", "tuning.yaml", ".gitignore")
+PROJECT_FILES = ("spotify_genre", "pipeline", "stages", "experiments", "dvc.yaml", "params.yaml", "tuning.yaml",
+                 ".gitignore")
 REAL_ROWS = 32_833
 REAL_ZIP_CANDIDATES = (
     ROOT / "data" / "external" / "30000-spotify-songs.zip",
@@ -50,17 +52,11 @@ class Dataset:
 
 
 def with_overrides(params: dict, overrides: dict[str, object]) -> dict:
-    """A copy of params with dotted keys replaced, e.g. {"train.max_epochs": 3}."""
-    params = copy.deepcopy(params)
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        if leaf not in node:
-            raise BenchError(f"params.yaml has no key {dotted!r}; the benchmark needs updating")
-        node[leaf] = value
-    return params
+    """A copy of params with dotted keys replaced, e.g. {"train.max_epochs": 3}; each key must be params.yaml's."""
+    try:
+        return with_values(params, overrides, new_keys=False)
+    except ParamsError as error:
+        raise BenchError(f"{error}; the benchmark needs updating") from None
 
 
 def read_params(project: Path) -> dict:

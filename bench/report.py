@@ -4,45 +4,9 @@ readable on its own and ending with when, by which command, on which machine and
 
 from __future__ import annotations
 
+from bench.figures import at_most, fig, mib, number, rate
 from bench.prediction import catalogue_markdown, catalogue_targets
 from bench.tuning import tuning_markdown, tuning_targets
-
-
-def _num(value: float, unit: str = "") -> str:
-    if abs(value) >= 100:
-        text = f"{value:,.0f}"
-    elif abs(value) >= 10:
-        text = f"{value:.1f}"
-    else:
-        text = f"{value:.2f}"
-    return f"{text}{unit}"
-
-
-def fig(stats: dict, unit: str = " s", scale: float = 1.0) -> str:
-    """The median, and the range in brackets where there was more than one run."""
-    median = _num(stats["median"] * scale, unit)
-    if stats["n"] < 2:
-        return median
-    return f"{median} ({_num(stats['min'] * scale)}–{_num(stats['max'] * scale)})"
-
-
-def rate(stats: dict, unit: str = "/s") -> str:
-    def r(value: float) -> str:
-        return f"{value:,.0f}"
-
-    if stats["n"] < 2:
-        return f"{r(stats['median'])}{unit}"
-    return f"{r(stats['median'])}{unit} ({r(stats['min'])}–{r(stats['max'])})"
-
-
-def mib(stats: dict) -> str:
-    return f"{stats['max']:,.0f} MiB" if stats["max"] < 1024 else f"{stats['max'] / 1024:.2f} GiB"
-
-
-def _at_most(measured: float, target: float, unit: str = " s") -> str:
-    if measured <= target:
-        return "met"
-    return f"**missed** by {_num(measured - target, unit)} ({measured / target:.1f}× the goal)"
 
 
 def _machine_line(machine: dict) -> str:
@@ -98,77 +62,77 @@ def _targets(sections: dict) -> list[str]:
         targets = pipeline["targets"]
         stages = repro["stages"]
         rows.append(("`dvc repro` from raw data (download excluded), default params", fig(repro["seconds"]),
-                     f"≤ {targets['repro_s']:g} s", _at_most(repro["seconds"]["median"], targets["repro_s"])))
+                     f"≤ {targets['repro_s']:g} s", at_most(repro["seconds"]["median"], targets["repro_s"])))
         rows.append(("`dvc exp run -S lr=…` (runs train and evaluate)", fig(exp["seconds"]),
-                     f"≤ {targets['exp_run_s']:g} s", _at_most(exp["seconds"]["median"], targets["exp_run_s"])))
+                     f"≤ {targets['exp_run_s']:g} s", at_most(exp["seconds"]["median"], targets["exp_run_s"])))
         if "repro_after_lr_edit" in pipeline:
             rows.append(("for comparison: lr edited in params.yaml, then `dvc repro` (the same stages)",
                          fig(pipeline["repro_after_lr_edit"]["seconds"]), "", ""))
         overhead = pipeline.get("overhead_targets")
         if not overhead:
             rows.append(("no-op `dvc repro`", fig(noop["seconds"]), f"≤ {targets['noop_s']:g} s",
-                         _at_most(noop["seconds"]["median"], targets["noop_s"])))
+                         at_most(noop["seconds"]["median"], targets["noop_s"])))
         if overhead and "outside_fit_s" in repro and "outside_fit_s" in exp:
             rows.append(("`dvc repro` from raw data, outside the training loop (wall − train's `fit_seconds`)",
                          fig(repro["outside_fit_s"]), f"≤ {overhead['repro_outside_fit_s']:g} s",
-                         _at_most(repro["outside_fit_s"]["median"], overhead["repro_outside_fit_s"])))
+                         at_most(repro["outside_fit_s"]["median"], overhead["repro_outside_fit_s"])))
             rows.append(("`dvc exp run -S lr=…`, outside the training loop (wall − train's `fit_seconds`)",
                          fig(exp["outside_fit_s"]), f"≤ {overhead['exp_run_outside_fit_s']:g} s",
-                         _at_most(exp["outside_fit_s"]["median"], overhead["exp_run_outside_fit_s"])))
+                         at_most(exp["outside_fit_s"]["median"], overhead["exp_run_outside_fit_s"])))
             rows.append(("no-op `dvc repro`", fig(noop["seconds"]), f"≤ {overhead['noop_s']:g} s",
-                         _at_most(noop["seconds"]["median"], overhead["noop_s"])))
+                         at_most(noop["seconds"]["median"], overhead["noop_s"])))
         if "fit_s" in repro:
             target = pipeline["fit_target_s"]
             rows.append(("train stage's fit (`fit_seconds`), default params, numerics pinned", fig(repro["fit_s"]),
-                         f"≤ {target:g} s", _at_most(repro["fit_s"]["median"], target)))
+                         f"≤ {target:g} s", at_most(repro["fit_s"]["median"], target)))
         alone = sum(s["alone_s"]["median"] for s in stages.values())
         imports = sum(s["import_s"]["median"] for s in stages.values())
         heaviest = sorted(stages, key=lambda name: -stages[name]["alone_s"]["median"])[:2]
         if repro["seconds"]["median"] > targets["repro_s"]:
             share = repro["seconds"]["median"] - alone
-            dvc_share = (f"DVC adds {_num(share, ' s')}" if share >= 0.5 else
+            dvc_share = (f"DVC adds {number(share, ' s')}" if share >= 0.5 else
                          "DVC adds nothing measurable beyond them (the difference is within run-to-run noise)")
             bounds.append(
-                f"`dvc repro`: the stage commands, each run alone, take {_num(alone, ' s')} ("
-                + ", ".join(f"{name} {_num(stages[name]['alone_s']['median'], ' s')}" for name in heaviest)
-                + f"), of which {_num(imports, ' s')} is Python start-up and importing the stage modules; "
-                f"{dvc_share}; {_num(repro['dvc_outside_stages_s']['median'], ' s')} of the run is outside any "
+                f"`dvc repro`: the stage commands, each run alone, take {number(alone, ' s')} ("
+                + ", ".join(f"{name} {number(stages[name]['alone_s']['median'], ' s')}" for name in heaviest)
+                + f"), of which {number(imports, ' s')} is Python start-up and importing the stage modules; "
+                f"{dvc_share}; {number(repro['dvc_outside_stages_s']['median'], ' s')} of the run is outside any "
                 "stage (DVC's start-up, reading the pipeline, checking the raw data).")
         if exp["seconds"]["median"] > targets["exp_run_s"]:
             train, evaluate = stages["train"], stages["evaluate"]
             edited = pipeline.get("repro_after_lr_edit", {}).get("seconds")
             bounds.append(
                 f"`dvc exp run`: its two stages, each run alone, take "
-                f"{_num(train['alone_s']['median'] + evaluate['alone_s']['median'], ' s')} (train "
-                f"{_num(train['alone_s']['median'], ' s')}, evaluate {_num(evaluate['alone_s']['median'], ' s')}; "
-                f"their imports {_num(train['import_s']['median'] + evaluate['import_s']['median'], ' s')})"
+                f"{number(train['alone_s']['median'] + evaluate['alone_s']['median'], ' s')} (train "
+                f"{number(train['alone_s']['median'], ' s')}, evaluate {number(evaluate['alone_s']['median'], ' s')}; "
+                f"their imports {number(train['import_s']['median'] + evaluate['import_s']['median'], ' s')})"
                 + (f"; the same change made by editing lr in params.yaml and running `dvc repro` takes "
-                   f"{_num(edited['median'], ' s')}, so the experiment's own bookkeeping costs "
-                   f"{_num(exp['seconds']['median'] - edited['median'], ' s')}." if edited else "."))
+                   f"{number(edited['median'], ' s')}, so the experiment's own bookkeeping costs "
+                   f"{number(exp['seconds']['median'] - edited['median'], ' s')}." if edited else "."))
         if overhead and "outside_fit_s" in repro and "outside_fit_s" in exp:
             fit = repro["seconds"]["median"] - repro["outside_fit_s"]["median"]
             train_rest = stages["train"]["alone_s"]["median"] - fit
             others = sum(stages[name]["in_repro_s"]["median"] for name in stages if name not in ("train", "baselines"))
             if repro["outside_fit_s"]["median"] > overhead["repro_outside_fit_s"]:
                 bounds.append(
-                    f"`dvc repro` outside the training loop ({_num(repro['outside_fit_s']['median'], ' s')}): the "
+                    f"`dvc repro` outside the training loop ({number(repro['outside_fit_s']['median'], ' s')}): the "
                     f"baselines stage, which fits HistGradientBoosting, LightGBM and XGBoost, "
-                    f"{_num(stages['baselines']['in_repro_s']['median'], ' s')}; the train stage around its loop "
+                    f"{number(stages['baselines']['in_repro_s']['median'], ' s')}; the train stage around its loop "
                     f"(start-up, torch's optimiser importing its compiler stack, reading, DVCLive, the bundle) about "
-                    f"{_num(train_rest, ' s')}; the other stages {_num(others, ' s')}; DVC outside the stages "
-                    f"{_num(repro['dvc_outside_stages_s']['median'], ' s')}.")
+                    f"{number(train_rest, ' s')}; the other stages {number(others, ' s')}; DVC outside the stages "
+                    f"{number(repro['dvc_outside_stages_s']['median'], ' s')}.")
             if exp["outside_fit_s"]["median"] > overhead["exp_run_outside_fit_s"]:
                 evaluate = stages["evaluate"]["alone_s"]["median"]
                 bookkeeping = exp["outside_fit_s"]["median"] - train_rest - evaluate
                 bounds.append(
-                    f"`dvc exp run` outside the training loop ({_num(exp['outside_fit_s']['median'], ' s')}): the train "
-                    f"stage around its loop about {_num(train_rest, ' s')} (its imports alone "
-                    f"{_num(stages['train']['import_s']['median'], ' s')}), the evaluate stage "
-                    f"{_num(evaluate, ' s')}, and DVC (the experiment's Git bookkeeping and hashing) the remaining "
-                    f"{_num(bookkeeping, ' s')}.")
+                    f"`dvc exp run` outside the training loop ({number(exp['outside_fit_s']['median'], ' s')}): "
+                    f"the train stage around its loop about {number(train_rest, ' s')} (its imports alone "
+                    f"{number(stages['train']['import_s']['median'], ' s')}), the evaluate stage "
+                    f"{number(evaluate, ' s')}, and DVC (the experiment's Git bookkeeping and hashing) the remaining "
+                    f"{number(bookkeeping, ' s')}.")
         if noop["seconds"]["median"] > targets["noop_s"]:
             bounds.append(f"no-op `dvc repro`: DVC's start-up alone (`dvc --version`) takes "
-                          f"{_num(pipeline['startup']['dvc_version_s']['median'], ' s')}; the rest is DVC reading "
+                          f"{number(pipeline['startup']['dvc_version_s']['median'], ' s')}; the rest is DVC reading "
                           "dvc.yaml and dvc.lock and checking every dependency's hash.")
     measured_in("pipeline")
     training = sections.get("training", {}).get("results")
@@ -202,7 +166,7 @@ def _targets(sections: dict) -> list[str]:
         worst = max(peaks, key=peaks.get)
         target = scaling["target_peak_gib"]
         rows.append((f"peak memory at {largest['rows']:,} rows (largest: {worst})", f"{peaks[worst]:.2f} GiB",
-                     f"≤ {target:g} GiB", _at_most(peaks[worst], target, " GiB")))
+                     f"≤ {target:g} GiB", at_most(peaks[worst], target, " GiB")))
         if len(scaling["sizes"]) >= 2:
             small = scaling["sizes"][-2]
             growth = {name: v["growth_per_step"][-1] for name, v in scaling["stages"].items()}
@@ -223,17 +187,17 @@ def _targets(sections: dict) -> list[str]:
         seconds = predict["end_to_end_s"]["median"]
         rows.append((f"`spotify-genre predict`, {predict['rows']:,} rows, end to end",
                      f"{fig(predict['end_to_end_s'])}, {predict['end_to_end_rows_per_s']['median']:,.0f} rows/s",
-                     f"a few seconds (≤ {predict['target_s']:g} s)", _at_most(seconds, predict["target_s"])))
+                     f"a few seconds (≤ {predict['target_s']:g} s)", at_most(seconds, predict["target_s"])))
         if seconds > predict["target_s"]:
             work, imports = predict["in_process_s"]["median"], predict["import_s"]["median"]
-            bounds.append(f"predict: of the {_num(seconds, ' s')} end to end, Python's start-up and the imports "
-                          f"(torch, pandas) take {_num(imports, ' s')} and the work itself, in a warm process, "
-                          f"{_num(work, ' s')}; the remaining {_num(seconds - imports - work, ' s')} is what a first "
-                          "call costs beyond a warm one, and the process's exit.")
+            bounds.append(f"predict: of the {number(seconds, ' s')} end to end, Python's start-up and the imports "
+                          f"(torch, pandas) take {number(imports, ' s')} and the work itself, in a warm process, "
+                          f"{number(work, ' s')}; the remaining {number(seconds - imports - work, ' s')} is what a "
+                          "first call costs beyond a warm one, and the process's exit.")
         small = predict.get("small")
         if small:
             rows.append((f"`spotify-genre predict`, {small['rows']} rows, end to end", fig(small["end_to_end_s"]),
-                         f"≤ {small['target_s']:g} s", _at_most(small["end_to_end_s"]["median"], small["target_s"])))
+                         f"≤ {small['target_s']:g} s", at_most(small["end_to_end_s"]["median"], small["target_s"])))
     measured_in("predict")
     catalogue = sections.get("catalogue", {}).get("results")
     if catalogue:
@@ -284,7 +248,7 @@ def _training(results: dict) -> list[str]:
         f"{results['hidden_sizes']}, batch {results['batch_size']}, {results['threads']} CPU thread(s), "
         f"{results['epochs_per_run']} epochs a run, both loops in one process, alternating):", "",
         "| loop | samples/s |", "| --- | --- |",
-        f"| train stage (`stages.training.fit`: tensors in memory, batches by index) | "
+        f"| train stage (`pipeline.mlp_fitting.fit`: tensors in memory, batches by index) | "
         f"{rate(results['stage_loop_samples_per_s'])} |",
         f"| plain `DataLoader(TensorDataset)`, shuffled | {rate(results['dataloader_samples_per_s'])} |",
         *([f"| compute only: the same steps on one batch, no data handling (the bound) | "
@@ -324,7 +288,7 @@ def _scaling(results: dict) -> list[str]:
                            for size in sizes)
         growth = " | ".join(f"{value:.2f}" for value in verdict["growth_per_step"])
         lines.append(f"| {name} | {cells} | {growth} |")
-    totals = " | ".join(f"{_num(size['total_s'], ' s')}" for size in sizes)
+    totals = " | ".join(f"{number(size['total_s'], ' s')}" for size in sizes)
     total_growth = " | ".join(f"{(b['total_s'] / a['total_s']) / (b['rows'] / a['rows']):.2f}"
                               for a, b in zip(sizes, sizes[1:]))
     lines.append(f"| **all stages** | {totals} | {total_growth} |")
@@ -339,7 +303,7 @@ def _predict(results: dict) -> list[str]:
         f"{rate(results['end_to_end_rows_per_s'], '')} |",
         f"| in process (start-up and imports excluded) | {fig(results['in_process_s'])} | "
         f"{rate(results['in_process_rows_per_s'], '')} |",
-        f"| start-up: `import spotify_genre.cli, spotify_genre.model` | {fig(results['import_s'])} | |",
+        f"| start-up: `import spotify_genre.predict.cli, spotify_genre.model` | {fig(results['import_s'])} | |",
         "", f"Peak memory end to end: {mib(results['peak_rss_mib'])}.",
     ]
 
@@ -348,8 +312,8 @@ def _cuda(results: dict) -> list[str]:
     if "skipped" in results:
         return [f"**CPU against GPU**: skipped ({results['skipped']}). On a machine with a GPU: "
                 "`python -m bench --only cuda` (needs neither DVC nor DVCLive)."]
-    lines = [f"**CPU against GPU** (`stages.training.fit`, default params with early stopping, {results['rows']:,} "
-             f"training rows, batch {results['batch_size']}; CPU on {results['cpu_threads']} thread(s); GPU "
+    lines = [f"**CPU against GPU** (`pipeline.mlp_fitting.fit`, default params with early stopping, "
+             f"{results['rows']:,} training rows, batch {results['batch_size']}; CPU on {results['cpu_threads']} thread(s); GPU "
              f"{results['gpu']}, torch {results['torch']}):", "",
              "| device | samples/s | time to the best epoch | whole fit | epochs (best) |",
              "| --- | --- | --- | --- | --- |"]

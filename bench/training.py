@@ -2,7 +2,7 @@
 
 Both train the same model (same initial weights) on the same preprocessed training split with the same
 optimizer, batch size and thread count, under the global torch settings the train stage uses. The stage's loop
-is `stages.training.fit` itself (its training passes, which also compute the epoch's train metrics; validation is
+is `pipeline.mlp_fitting.fit` itself (its training passes, which also compute the epoch's train metrics; validation is
 not counted); the plain loop is the usual tutorial loop: shuffled DataLoader batches, forward, backward, step,
 and the running loss and accuracy through `.item()`. A third loop repeats the steps on one batch, with no data
 handling at all: the compute bound that no loop can beat. They alternate, run by run, so all see the same load.
@@ -24,7 +24,7 @@ def configure_torch(seed: int, threads: int, device_type: str = "cpu") -> None:
     """The global settings the train stage applies before it trains (seeds, deterministic kernels, threads)."""
     import torch
 
-    from stages.training import seed_everything
+    from pipeline.mlp_fitting import seed_everything
 
     seed_everything(seed, threads, torch.device(device_type))
 
@@ -32,7 +32,7 @@ def configure_torch(seed: int, threads: int, device_type: str = "cpu") -> None:
 def load_split(project, name: str, device):
     import torch
 
-    from stages.artifacts import processed_path, read_processed
+    from pipeline.artifacts import processed_path, read_processed
 
     split = read_processed(project / processed_path(name))
     return torch.tensor(split.features, device=device), torch.tensor(split.labels, device=device)
@@ -86,9 +86,10 @@ def compute_only_seconds(model, features, labels, *, lr: float, momentum: float,
 
 
 def stage_loop_seconds(model, initial: dict, train, val, params, epochs: int) -> float:
-    """Time of the training passes of `stages.training.fit` over `epochs` epochs (no early stop), from `initial`."""
-    from spotify_genre.schema import GENRES
-    from stages.training import fit
+    """Time of the training passes of `pipeline.mlp_fitting.fit` over `epochs` epochs (no early stop), from
+    `initial`."""
+    from pipeline.mlp_fitting import fit
+    from spotify_genre.songs.schema import GENRES
 
     model.load_state_dict(initial)
     fixed = params.train.model_copy(update={"max_epochs": epochs, "patience": epochs})
@@ -99,9 +100,9 @@ def stage_loop_seconds(model, initial: dict, train, val, params, epochs: int) ->
 def measure(ctx: Context) -> dict:
     import torch
 
+    from pipeline.params import load_params
     from spotify_genre.model import build_mlp
-    from stages.params import load_params
-    from spotify_genre.schema import GENRES
+    from spotify_genre.songs.schema import GENRES
 
     project = ctx.prepared("preprocess")
     params = load_params(project / "params.yaml")

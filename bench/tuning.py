@@ -1,4 +1,4 @@
-"""Section `tuning`: `spotify-genre tune` with tuning.yaml's default budget (50 trials) and 2 workers, on the
+"""Section `tuning`: `python -m experiments.tune` with tuning.yaml's default budget (50 trials) and 2 workers, on the
 pipeline's processed splits, from an empty storage: wall time, finished trials per minute, and what pruning saved.
 
 One study is already 50 trained models and about five minutes, so it runs once, whatever `--runs` says.
@@ -10,6 +10,7 @@ import csv
 import shutil
 
 from bench.context import Context
+from bench.figures import at_most, fig
 from bench.measure import python, run, summary
 from bench.project import ROOT
 
@@ -29,7 +30,7 @@ def measure(ctx: Context) -> dict:
         storage = f"sqlite:///bench-tuning/run-{index}.db"
         shutil.rmtree(project / "bench-tuning", ignore_errors=True)
         ctx.log(f"tuning: {trials} trials, {WORKERS} workers")
-        result = run(python("-m", "stages.tune", "--trials", str(trials), "--workers", str(WORKERS),
+        result = run(python("-m", "experiments.tune", "--trials", str(trials), "--workers", str(WORKERS),
                             "--storage", storage), project, timeout=3 * TARGET_S)
         with open(project / "reports" / "tuning.csv", newline="", encoding="utf-8") as table:
             rows = list(csv.DictReader(table))
@@ -42,7 +43,7 @@ def measure(ctx: Context) -> dict:
                          "best_val_loss": min(float(row["val_loss"]) for row in rows if row["state"] == "complete")})
     return {"trials": trials, "workers": WORKERS, "target_s": TARGET_S, "wall_s": summary(walls),
             "trials_per_minute": summary(per_minute), "runs": outcomes,
-            "command": f"spotify-genre tune --trials {trials} --workers {WORKERS} --storage sqlite:///… "
+            "command": f"python -m experiments.tune --trials {trials} --workers {WORKERS} --storage sqlite:///… "
                        "(a new storage each run)"}
 
 
@@ -58,9 +59,7 @@ def tuning_markdown(results: dict) -> list[str]:
 
 def tuning_targets(results: dict) -> list[tuple[str, str, str, str]]:
     """The section's row of the targets table: (measurement, measured, target, verdict)."""
-    from bench.report import _at_most, fig
-
     wall = results["wall_s"]
-    return [(f"`spotify-genre tune`, {results['trials']} trials, {results['workers']} workers",
+    return [(f"`python -m experiments.tune`, {results['trials']} trials, {results['workers']} workers",
              f"{fig(wall)}, {results['trials_per_minute']['median']:.1f} finished trials/min",
-             f"≤ {results['target_s']:g} s", _at_most(wall["median"], results["target_s"]))]
+             f"≤ {results['target_s']:g} s", at_most(wall["median"], results["target_s"]))]

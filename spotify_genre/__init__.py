@@ -1,9 +1,10 @@
 """spotify-genre: what using a trained genre model needs, from raw songs to a predictions table.
 
-Reading and checking songs (schema), the features derived from them (features), the fitted preprocessor and
-text scores (preprocessor, text_scores), the network (model), its safe on-disk bundle (bundle), the predictions
-table (predictions) and the `spotify-genre` command (cli). The DVC pipeline that fits all of these lives in the
-repository's `stages/` and is not installed.
+Bottom modules (errors, numerics, atomic, validation), then reading and checking songs (songs), the fitted
+preprocessor and its genre scores (preprocessing), the network and its safe on-disk bundle (model), and predicting:
+the streaming predictor, the predictions table, its sinks, catalogues of shards and the `spotify-genre` command
+(predict). The DVC pipeline that fits all of these lives in the repository's `pipeline/` and `stages/` and is not
+installed.
 """
 
 from spotify_genre.numerics import pin as _pin_numerics

@@ -2,16 +2,17 @@
 
 params.yaml (YAML), the preprocessor and its text section (JSON, read here without NaN or Infinity) and the model
 bundle's metadata (torch.load with weights_only) are all validated this way, so each refuses unknown keys and
-wrong types alike and names the key that is wrong.
+wrong types alike and names the key that is wrong. A command-line number is checked by whole_number.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Callable, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -90,3 +91,17 @@ def read_json(path: str | os.PathLike, error: type[PipelineError], missing: str,
     """The parsed content of a JSON file, or `error` naming it: `missing` says what to do when it is absent
     (`run dvc repro select first`), `invalid` when it does not parse."""
     return parse_json(read_bytes(path, error, f"not found; {missing}"), path, error, invalid)
+
+
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `minimum`, or argparse's one-line usage error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {minimum} or more, got {value}")
+        return value
+
+    return parse

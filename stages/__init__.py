@@ -1,4 +1,5 @@
-"""The DVC pipeline: one module per stage (`python -m stages.X`), on top of the `spotify_genre` library.
+"""The DVC pipeline's stages: one entry module per stage of dvc.yaml (`python -m stages.X`), its main() and the glue
+only it uses, on top of the fit-side code they share (`pipeline/`) and the `spotify_genre` library.
 
 Run from the repository root; not installed. Importing this package imports `spotify_genre` first, which pins
 the numerics before any stage loads numpy or torch.

@@ -1,5 +1,5 @@
 """Baselines stage: the MLP's peers, fitted on its processed training split and features, each early-stopped on
-the validation split where it has rounds (stages/peers.py), and scored on validation and test.
+the validation split where it has rounds (pipeline/peers.py), and scored on validation and test.
 
 A stage of its own, so that `dvc exp run -S lr=...` (which re-runs train and evaluate) does not refit them. The
 evaluate stage puts them beside the MLP: their scores, and their test predictions for paired comparisons.
@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.artifacts import (BASELINE_PREDICTIONS, BASELINES, SPLITS, ProcessedSplit, read_processed_splits,
+                                write_baseline_predictions)
+from pipeline.metrics import label_metrics, rounded
+from pipeline.params import BaselinesParams, load_params
+from pipeline.peers import fit_peer
 from spotify_genre.atomic import write_json
 from spotify_genre.errors import exits_cleanly
-from spotify_genre.schema import GENRES
-from stages.artifacts import (BASELINE_PREDICTIONS, BASELINES, SPLITS, ProcessedSplit, read_processed_splits,
-                              write_baseline_predictions)
-from stages.metrics import label_metrics, rounded
-from stages.params import BaselinesParams, load_params
-from stages.peers import fit_peer
+from spotify_genre.songs.schema import GENRES
 
 TIMING = Path("reports/timing/baselines.json")
 

@@ -7,11 +7,11 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline import sources
+from pipeline.artifacts import RAW_SONGS
+from pipeline.params import load_params
 from spotify_genre.atomic import write_with
 from spotify_genre.errors import exits_cleanly
-from stages import sources
-from stages.artifacts import RAW_SONGS
-from stages.params import load_params
 
 
 @exits_cleanly

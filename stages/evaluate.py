@@ -1,5 +1,5 @@
 """Evaluate stage: the MLP's test and validation metrics with bootstrap intervals, the paired difference to each
-baseline, the same by how new a song is (spotify_genre/novelty.py), plots, model card.
+baseline, the same by how new a song is (spotify_genre/preprocessing/novelty.py), plots, model card.
 
 Every Git-tracked output is a pure function of the pipeline's data and params (no timings, no dates; the
 bootstrap's seed is a param), so a re-run writes the same bytes. Timings go to reports/timing/evaluate.json, which
@@ -15,25 +15,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
 
+from pipeline.artifacts import (ANOVA_REPORT, BASELINE_PREDICTIONS, BASELINES, LOSS_CURVES, MODEL, PREPROCESSOR,
+                                SPLIT_REPORT, SPLITS, TRAINING_SUMMARY, BaselineReport, ProcessedSplit,
+                                processed_path, read_baseline_predictions, read_baselines, read_curve,
+                                read_model_inputs, read_processed_splits, read_report, read_split)
+from pipeline.bootstrap import bootstrap, observed_scores
+from pipeline.metrics import confusion_counts, headline_metrics, per_class_metrics, rounded, row_normalised
+from pipeline.params import BootstrapParams, load_params
+from pipeline.report import (interval_text, model_card, novelty_csv, per_class_f1_csv, share_text, write_confusion_png,
+                             write_loss_png, write_novelty_png)
 from spotify_genre.atomic import write_json, write_text
 from spotify_genre.errors import BundleError, DataError, exits_cleanly
-from spotify_genre.novelty import ALBUM_ID, ARTIST, SLICES, KnownIds
-from spotify_genre.predictions import prediction_table, predictions_csv
-from spotify_genre.preprocessor import load_preprocessor
-from spotify_genre.schema import GENRES, LABEL, TRACK_ID
-from spotify_genre.validation import Finite, validated
-from stages.artifacts import (ANOVA_REPORT, BASELINE_PREDICTIONS, BASELINES, LOSS_CURVES, MODEL, PREPROCESSOR,
-                              SPLIT_REPORT, SPLITS, TRAINING_SUMMARY, ProcessedSplit,
-                              processed_path, read_baseline_predictions, read_curve, read_processed_splits, read_report,
-                              read_split)
-from stages.bootstrap import bootstrap, observed_scores
-from stages.metrics import confusion_counts, headline_metrics, per_class_metrics, rounded, row_normalised
-from stages.model_inputs import model_inputs
-from stages.params import BootstrapParams, load_params
-from stages.report import (interval_text, model_card, novelty_csv, per_class_f1_csv, share_text, write_confusion_png,
-                           write_loss_png, write_novelty_png)
+from spotify_genre.predict.table import prediction_table, predictions_csv
+from spotify_genre.preprocessing import load_preprocessor
+from spotify_genre.preprocessing.novelty import ALBUM_ID, ARTIST, SLICES, KnownIds
+from spotify_genre.songs import GENRES, LABEL, TRACK_ID
 
 METRICS = Path("reports/metrics.json")
 PREDICTIONS = Path("reports/predictions.csv")
@@ -48,35 +45,6 @@ TIMING = Path("reports/timing/evaluate.json")
 AGAIN = "run `dvc repro baselines` again"
 # A tolerance for scores baselines.json writes rounded (to 6 decimals): the file and the predictions must agree.
 ROUNDING = 1e-6
-
-
-class _Scores(BaseModel):
-    model_config = ConfigDict(strict=True, frozen=True)  # further keys are the baselines stage's own business
-    accuracy: Finite
-    f1_macro: Finite
-
-
-class _Baseline(BaseModel):
-    model_config = ConfigDict(strict=True, frozen=True)
-    val: _Scores
-    test: _Scores
-
-
-class BaselineReport(BaseModel):
-    """What evaluate reads of reports/baselines.json."""
-
-    model_config = ConfigDict(strict=True, frozen=True)
-    models: dict[str, _Baseline]
-    strongest: str | None
-
-
-def baseline_report(raw: object) -> BaselineReport:
-    report = validated(BaselineReport, raw, str(BASELINES), DataError)
-    peers = [name for name in report.models if name != "majority"]
-    named = report.strongest in peers if peers else report.strongest is None
-    if not named:
-        raise DataError(f"{BASELINES}: strongest: {report.strongest!r} is not one of its models; {AGAIN}")
-    return report
 
 
 def checked_predictions(predictions: dict[str, np.ndarray], test: ProcessedSplit, report: BaselineReport,
@@ -198,14 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     anova = read_report(ANOVA_REPORT, "select")
     preprocessor = load_preprocessor(PREPROCESSOR)
     training = read_report(TRAINING_SUMMARY, "train")
-    baselines = baseline_report(read_report(BASELINES, "baselines"))
+    baselines = read_baselines()
     baseline_predictions = checked_predictions(read_baseline_predictions(splits["test"].track_ids), splits["test"],
                                                baselines)
     curves = {name: read_curve(path, "loss") for name, path in LOSS_CURVES.items()}
     songs = _read_labels()
 
-    from spotify_genre.bundle import load_bundle
-    from spotify_genre.model import predict_proba
+    from spotify_genre.model import load_bundle, predict_proba
 
     bundle = load_bundle(MODEL, feature_names=splits["test"].feature_names, class_names=GENRES,
                          preprocessor_sha256=preprocessor.sha256, preprocessor_path=PREPROCESSOR)
@@ -214,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"describes {split_report.get('raw_sha256')}; run `dvc repro` to retrain")
     text_encoder = bundle.architecture.get("text_encoder")
     predict_started = time.perf_counter()
-    test_proba = predict_proba(bundle.model, model_inputs("test", splits["test"], text_encoder))
-    val_proba = predict_proba(bundle.model, model_inputs("val", splits["val"], text_encoder))
+    test_proba = predict_proba(bundle.model, read_model_inputs("test", splits["test"], text_encoder))
+    val_proba = predict_proba(bundle.model, read_model_inputs("val", splits["val"], text_encoder))
     predict_seconds = time.perf_counter() - predict_started
 
     metrics_started = time.perf_counter()

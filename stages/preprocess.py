@@ -8,16 +8,16 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.artifacts import (ANOVA_REPORT, PREPROCESSOR, SPLIT_REPORT, SPLITS, ProcessedSplit, processed_path,
+                                read_report, read_split, write_processed)
+from pipeline.params import PreprocessParams, load_params
+from pipeline.preprocessor_fitting import encode_labels, fit_model_inputs
+from pipeline.splitting import GROUP_BY, group_keys
 from spotify_genre.errors import DataError, exits_cleanly
-from spotify_genre.features import CANDIDATE_FEATURES
-from spotify_genre.preprocessor import Preprocessor, model_inputs, save_preprocessor
-from spotify_genre.schema import LABEL, SUBGENRE_FIELD, TRACK_ID
+from spotify_genre.preprocessing.preprocessor import Preprocessor, model_inputs, save_preprocessor
+from spotify_genre.songs.features import CANDIDATE_FEATURES
+from spotify_genre.songs.schema import LABEL, SUBGENRE_FIELD, TRACK_ID
 from spotify_genre.validation import SHA256_PATTERN
-from stages.artifacts import (ANOVA_REPORT, PREPROCESSOR, SPLIT_REPORT, SPLITS, ProcessedSplit, processed_path,
-                              read_report, read_split, write_processed)
-from stages.groups import GROUP_BY, group_keys
-from stages.params import PreprocessParams, load_params
-from stages.preprocessor_fit import encode_labels, fit_model_inputs
 
 
 def preprocess_splits(splits: dict[str, pd.DataFrame], selected: list[str], params: PreprocessParams,

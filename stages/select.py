@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_selection import f_classif
 
+from pipeline.artifacts import ANOVA_REPORT, SPLIT_DIR, read_split
+from pipeline.params import SelectParams, load_params
 from spotify_genre.atomic import write_json, write_text
 from spotify_genre.errors import DataError, ParamsError, exits_cleanly
-from spotify_genre.features import candidate_features
-from spotify_genre.schema import LABEL
-from stages.artifacts import ANOVA_REPORT, SPLIT_DIR, read_split
-from stages.params import SelectParams, load_params
+from spotify_genre.songs.features import candidate_features
+from spotify_genre.songs.schema import LABEL
 
 TRAIN_SPLIT = SPLIT_DIR / "train.parquet"
 PLOT = Path("reports/plots/anova.csv")

@@ -1,7 +1,7 @@
 """Split songs into train/val/test by a stable hash of (seed, group): no track on two sides, ever.
 
 The group is the track (split.group_by: track_id) or the track's artist (track_artist: no artist on two sides,
-so the test measures genres of artists the model has never met; see stages/groups.py). A group's split depends
+so the test measures genres of artists the model has never met; see pipeline/splitting.py). A group's split depends
 only on its key and the seed, so adding songs never moves a track that was already assigned, and every row of a
 group lands in the same split. That stability is also the limit on stratification: a split that may not look
 at other groups is a random sample of groups, so each genre's share in it matches the whole in expectation,
@@ -19,36 +19,16 @@ import hashlib
 import io
 import sys
 
-import numpy as np
 import pandas as pd
 
+from pipeline.artifacts import RAW_SONGS, SPLIT_DIR, SPLIT_REPORT, SPLITS
+from pipeline.params import SplitParams, load_params
+from pipeline.splitting import METHOD, assign_splits, group_keys
 from spotify_genre.atomic import write_json, write_parquet
 from spotify_genre.errors import DataError, exits_cleanly
-from spotify_genre.schema import COLUMNS, GENRES, LABEL, RELEASE_DATE, TRACK_ID, read_songs, validate_songs
-from stages.artifacts import RAW_SONGS, SPLIT_DIR, SPLIT_REPORT, SPLITS
-from stages.groups import group_keys
-from stages.params import SplitParams, load_params
+from spotify_genre.songs.schema import COLUMNS, GENRES, LABEL, RELEASE_DATE, TRACK_ID, read_songs, validate_songs
 # Required for the release-year/month/precision features, and the only feature source the schema lets be empty.
 MISSING_FIELDS = (RELEASE_DATE,)
-METHOD = ("u = first 8 bytes of sha256('<seed>:<group>') / 2**64; "
-          "test if u < test_size, val if u < test_size + val_size, else train")
-
-
-def track_fractions(keys: pd.Series, seed: int) -> np.ndarray:
-    """Each row's uniform [0, 1) draw, a pure function of (seed, key): the key is a track id or a group key."""
-    codes, unique = pd.factorize(keys, sort=False)
-    draws = np.array([int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big")
-                      for key in unique], dtype=np.float64) / 2.0**64
-    return draws[codes]
-
-
-def assign_splits(keys: pd.Series, params: SplitParams) -> np.ndarray:
-    """'train', 'val' or 'test' for every row, from its group key (its track id when grouping by track)."""
-    u = track_fractions(keys, params.seed)
-    return np.where(u < params.test_size, "test",
-                    np.where(u < params.test_size + params.val_size, "val", "train"))
-
-
 def apply_missing_policy(songs: pd.DataFrame, policy: str) -> tuple[pd.DataFrame, dict]:
     """Drop or keep (for imputation from training statistics) the rows missing a MISSING_FIELDS value."""
     affected = songs[list(MISSING_FIELDS)].isna().any(axis=1).to_numpy()

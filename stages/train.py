@@ -19,18 +19,15 @@ from pathlib import Path
 
 import torch
 
+from pipeline.artifacts import LIVE_DIR, MODEL, PREPROCESSOR, processed_path, read_processed_splits
+from pipeline.mlp_fitting import EpochMetrics, FitResult, train_model
+from pipeline.params import load_params
 from spotify_genre.atomic import write_json
-from spotify_genre.bundle import save_bundle
 from spotify_genre.errors import DataError, exits_cleanly
-from spotify_genre.model import build_mlp, resolve_device
+from spotify_genre.model import resolve_device, save_bundle
 from spotify_genre.numerics import in_effect
-from spotify_genre.preprocessor import load_preprocessor
-from spotify_genre.schema import GENRES
-from stages.artifacts import LIVE_DIR, MODEL, PREPROCESSOR, processed_path, read_processed_splits
-from stages.model_inputs import model_inputs
-from stages.params import load_params
-from stages.training import (EpochMetrics, FitResult, fit, model_architecture, on_device, seed_everything,
-                             subgenre_tensor)
+from spotify_genre.preprocessing import load_preprocessor
+from spotify_genre.songs import GENRES
 
 TIMING_PATH = Path("reports/timing/train.json")
 
@@ -152,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(prog="python -m stages.train", description=description).parse_args(argv)
     params = load_params()
     config = params.train
-    device = resolve_device(config.device)
-    seed_everything(config.seed, config.threads, device)
+    resolve_device(config.device)  # a device that cannot be had fails before any data is read
 
     splits = read_processed_splits(("train", "val"))
     train, val = splits["train"], splits["val"]
@@ -161,20 +157,15 @@ def main(argv: list[str] | None = None) -> int:
         raise DataError(f"{processed_path('train')}: at least 2 rows are needed to train, found {len(train.labels)}")
     preprocessor, data_sha256 = _preprocessor_reference()
 
-    architecture = model_architecture(train, config)
-    model = build_mlp(**architecture).to(device)
-    inputs = {name: on_device(split, device, model_inputs(name, split, architecture["text_encoder"]))
-              for name, split in splits.items()}
     progress = _Progress(config.max_epochs)
     try:
-        result = fit(model, inputs["train"], inputs["val"], lr=params.lr, momentum=params.momentum,
-                     batch_size=params.batch_size, config=config, n_classes=len(GENRES), on_epoch=progress,
-                     subgenres=subgenre_tensor(train, config, device))
+        trained = train_model(params, splits, on_epoch=progress)
     finally:
         progress.close()
+    model, result, device = trained.model, trained.result, trained.device
 
     model.load_state_dict(result.best_state)
-    save_bundle(MODEL, model, architecture=architecture, feature_names=train.feature_names,
+    save_bundle(MODEL, model, architecture=trained.architecture, feature_names=train.feature_names,
                 class_names=GENRES, preprocessor=preprocessor,
                 params={"lr": params.lr, "momentum": params.momentum, "batch_size": params.batch_size,
                         "train": config.model_dump()},

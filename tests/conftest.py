@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +12,9 @@ import stages  # noqa: F401  (the numerics pin, before any test module imports n
 import pytest
 import yaml
 
+from pipeline.params import with_values as with_overrides
+from pipeline.tools import child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 REAL_ZIP_CANDIDATES = (
@@ -21,7 +22,8 @@ REAL_ZIP_CANDIDATES = (
     ROOT.parent / "shared" / "data" / "spotify_songs.zip",
 )
 REAL_CSV_SHA256 = "9902920cfe4940f0914ebb6716801a42f7f19ac88fbd6693eaae7e2822b16845"
-PROJECT_FILES = ("stages", "spotify_genre", "dvc.yaml", "params.yaml", "tuning.yaml", ".gitignore")
+PROJECT_FILES = ("spotify_genre", "pipeline", "stages", "experiments", "dvc.yaml", "params.yaml", "tuning.yaml",
+                 ".gitignore")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -46,13 +48,7 @@ needs_real_data = pytest.mark.skipif(
 
 def tool_env(**extra: str) -> dict[str, str]:
     """The environment for child processes: this venv's tools first, no real Kaggle credentials."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAGGLE_", "AWS_"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONHASHSEED"] = "0"
-    env["DVC_NO_ANALYTICS"] = "1"
-    env["GIT_TERMINAL_PROMPT"] = "0"
-    env.update(extra)
-    return env
+    return child_env(**extra)
 
 
 def user_env(**extra: str) -> dict[str, str]:
@@ -82,18 +78,6 @@ def run(args: list[str] | str, cwd: Path, *, check: bool = True, env: dict[str, 
 
 def default_params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
-
-
-def with_overrides(params: dict, overrides: dict[str, object]) -> dict:
-    """A copy of params with dotted keys replaced, e.g. {"train.max_epochs": 5}."""
-    params = copy.deepcopy(params)
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    return params
 
 
 def write_params(repo: Path, overrides: dict[str, object]) -> None:

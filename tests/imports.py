@@ -1,4 +1,5 @@
-"""The project modules a stage's code imports, directly or not, found by walking the source with `ast`.
+"""The project modules a module imports, directly or not, found by walking the source with `ast`: a stage's code
+deps, and the import graph the layering tests check.
 
 `python -m tests.imports` prints each stage's code deps as dvc.yaml should list them.
 """
@@ -13,7 +14,11 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("stages", "spotify_genre")
+# The project's code, in the order imports point: the library, the fit-side code, the stages and the experiment
+# tools (side by side, neither importing the other), bench.
+LIBRARY, FIT_SIDE, STAGES, EXPERIMENTS, BENCH = "spotify_genre", "pipeline", "stages", "experiments", "bench"
+LAYERS = {LIBRARY: 0, FIT_SIDE: 1, STAGES: 2, EXPERIMENTS: 2, BENCH: 3}
+PACKAGES = tuple(LAYERS)
 
 
 def module_file(name: str, root: Path = ROOT) -> Path | None:
@@ -40,7 +45,7 @@ def imported_modules(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from stages import sources` imports the module stages.sources; `from stages.x import f`, stages.x.
+            # `from pipeline import sources` imports the module pipeline.sources; `from pipeline.x import f`, pipeline.x.
             names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
         else:
             continue
@@ -48,6 +53,60 @@ def imported_modules(path: Path) -> set[str]:
             for module in _with_packages(name):
                 if module_file(module) is not None:
                     found.add(module)
+    return found
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    """The dotted name of a project file (pipeline/params.py -> pipeline.params, stages/__init__.py -> stages)."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_modules(root: Path = ROOT) -> list[str]:
+    """Every module of the project's packages."""
+    return sorted(module_name(path, root) for package in PACKAGES for path in (root / package).rglob("*.py"))
+
+
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """{module: the project modules it imports, late imports included}. Naming one's own package (`from
+    spotify_genre.model import blas` inside spotify_genre.model, a package naming its own modules) is no edge: the
+    package is already being imported."""
+    graph = {}
+    for name in project_modules(root):
+        own = set(_with_packages(name))
+        graph[name] = {module for module in imported_modules(module_file(name, root)) if module not in own}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The graph's circles: each strongly connected set of more than one module (or a module importing itself)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1 or node in graph.get(node, ()):
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
     return found
 
 

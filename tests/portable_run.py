@@ -60,16 +60,16 @@ def peer_fingerprints(report: dict, predictions: dict) -> dict[str, str]:
 
 
 def written_peers() -> dict[str, str]:
-    from stages.artifacts import BASELINES, read_baseline_predictions
+    from pipeline.artifacts import BASELINES, read_baseline_predictions
 
     return peer_fingerprints(json.loads(BASELINES.read_text()), read_baseline_predictions())
 
 
 def fitted_peers() -> dict[str, str]:
     """EMULATED_PEERS fitted here, by the baselines stage's own code, on this project's processed splits."""
-    from stages.artifacts import read_processed_splits
+    from pipeline.artifacts import read_processed_splits
+    from pipeline.params import load_params
     from stages.baselines import fit_baselines
-    from stages.params import load_params
 
     params = load_params().baselines
     peers = [name for name in params.models if name in EMULATED_PEERS]
@@ -97,7 +97,7 @@ def run(project: Path, baselines: Path | None) -> dict[str, dict[str, str]]:
         hashes[name] = file_hashes(project, outputs[name])
         if name == "baselines":
             hashes["peers"] = written_peers()
-    from spotify_genre.cli import main as predict
+    from spotify_genre.predict.cli import main as predict
 
     code = predict(["data/raw/spotify_songs.csv", "-o", PREDICT_OUTPUT.as_posix(), "--top-k", "3"])
     if code != 0:

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline.artifacts import (BASELINE_PREDICTIONS, ProcessedSplit, read_baseline_predictions, read_processed,
+                                write_baseline_predictions, write_processed)
+from pipeline.metrics import label_metrics, rounded
+from pipeline.params import BaselinesParams
 from spotify_genre.errors import DataError
-from spotify_genre.schema import GENRES
+from spotify_genre.songs.schema import GENRES
 from stages import baselines
-from stages.artifacts import (BASELINE_PREDICTIONS, ProcessedSplit, read_baseline_predictions, read_processed,
-                              write_baseline_predictions, write_processed)
-from stages.metrics import label_metrics, rounded
-from stages.params import BaselinesParams
 from tests.conftest import ROOT, default_params
 
 FEATURES = tuple(f"f{i}" for i in range(8))

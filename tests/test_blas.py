@@ -1,11 +1,11 @@
-"""spotify_genre/blas.py: torch.matmul's values and gradients, computed in numpy's BLAS on the CPU."""
+"""spotify_genre/model/blas.py: torch.matmul's values and gradients, computed in numpy's BLAS on the CPU."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from spotify_genre import blas
+from spotify_genre.model import blas
 from spotify_genre.model import EnsembleLinear, Linear, PeriodicEmbedding
 
 SHAPES = {

@@ -1,4 +1,4 @@
-"""The bootstrap of stages/bootstrap.py against a plain loop over resamples, pairing, and stable bytes."""
+"""The bootstrap of pipeline/bootstrap.py against a plain loop over resamples, pairing, and stable bytes."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from stages.bootstrap import bootstrap, percentile_interval, resample_rows, resampled_scores
-from stages.metrics import accuracy, confusion_counts, macro_f1
+from pipeline.bootstrap import bootstrap, percentile_interval, resample_rows, resampled_scores
+from pipeline.metrics import accuracy, confusion_counts, macro_f1
 
 # A small case: 4 classes, class 3 never predicted by `WEAK` and rare in the labels, so a resample can miss it.
 N_CLASSES, ROWS, RESAMPLES, SEED = 4, 57, 301, 7
@@ -20,7 +20,7 @@ WEAK = np.where(_rng.random(ROWS) < 0.5, LABELS, _rng.integers(0, N_CLASSES - 1,
 
 
 def _loop_scores(labels: np.ndarray, predicted: np.ndarray, resamples: int, seed: int) -> dict[str, list[float]]:
-    """One resample at a time: draw its rows, count its confusion matrix, score it with stages/metrics.py."""
+    """One resample at a time: draw its rows, count its confusion matrix, score it with pipeline/metrics.py."""
     generator = np.random.default_rng(seed)
     scores: dict[str, list[float]] = {"accuracy": [], "f1_macro": []}
     for _ in range(resamples):

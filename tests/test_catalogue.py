@@ -21,16 +21,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from spotify_genre import outputs, records, streaming
-from spotify_genre.catalogue import read_csv_bytes, required_columns
-from spotify_genre.features import TEXT_FIELDS
-from spotify_genre.preprocessor import load_preprocessor
-from spotify_genre.records import split_records
-from spotify_genre.schema import read_songs
-from spotify_genre.synthetic import synthetic_songs
-from tests.test_predict import _assert_clean_failure, _save_bundle, predict_here  # noqa: F401 (a fixture)
-from stages.params import load_params
+from pipeline.params import load_params
+from pipeline.synthetic import synthetic_songs
+from spotify_genre.predict import predictor as streaming
+from spotify_genre.predict import sinks as outputs
+from spotify_genre.preprocessing.preprocessor import load_preprocessor
+from spotify_genre.songs import records
+from spotify_genre.songs.csv_reader import read_csv_bytes, required_columns
+from spotify_genre.songs.features import TEXT_FIELDS
+from spotify_genre.songs.records import split_records
+from spotify_genre.songs.schema import read_songs
 from tests.conftest import ROOT
+from tests.test_predict import _assert_clean_failure, _save_bundle, predict_here  # noqa: F401 (a fixture)
 
 ROWS = 1500
 CHUNKS = (3, 97, 1000, 100_000)  # through quoted and multi-line records; one chunk is the whole-file run
@@ -416,12 +418,12 @@ def test_a_dask_worker_started_without_the_numerics_pin_refuses_the_task(tmp_pat
 
     environment = {key: value for key, value in os.environ.items()
                    if key not in numerics.PINNED and key != numerics.MODE_VARIABLE}
-    probe = ("import sys; from spotify_genre.distributed import predict_shard; from spotify_genre.errors import "
-             "PipelineError\ntry:\n    predict_shard(None, None)\nexcept PipelineError as error:\n    print(error)")
+    probe = ("import sys; from spotify_genre.predict.distributed import predict_shard; "
+             "from spotify_genre.errors import PipelineError\ntry:\n    predict_shard(None, None)\nexcept PipelineError as error:\n    print(error)")
     result = subprocess.run([sys.executable, "-c", probe], env=environment, capture_output=True, text=True,
                             timeout=120, cwd=tmp_path)
     assert "started without the numerics pin" in result.stdout, result.stderr
-    assert "python -m spotify_genre.distributed worker" in result.stdout
+    assert "python -m spotify_genre.predict.distributed worker" in result.stdout
 
 
 def test_standard_output_streams_and_a_reader_that_stops_early_is_no_error(catalogue_csv, bundle, tmp_path):
@@ -443,9 +445,9 @@ def test_standard_output_streams_and_a_reader_that_stops_early_is_no_error(catal
 def test_fast_csv_writes_the_bytes_of_predictions_csv():
     """Probabilities at and near the ties of "%.6f" (x.5 millionths, 1/128, 0 and 1), ids that need quoting (and a
     lone carriage return, which does not), row numbers, top-k columns; and the tables it must leave to pandas."""
-    from spotify_genre.fast_csv import fast_predictions_csv
-    from spotify_genre.predictions import prediction_table, predictions_csv
-    from spotify_genre.schema import GENRES
+    from spotify_genre.predict.table import fast_predictions_csv
+    from spotify_genre.predict.table import prediction_table, predictions_csv
+    from spotify_genre.songs.schema import GENRES
 
     rng = np.random.default_rng(0)
     probabilities = rng.dirichlet(np.full(len(GENRES), 0.3), size=5000)
@@ -474,11 +476,11 @@ def text_bundle(tmp_path_factory) -> tuple[Path, Path]:
     whose names and albums repeat, as _catalogue's do), and a seeded untrained model bundle for it."""
     import torch
 
-    from spotify_genre.bundle import load_bundle, save_bundle
+    from pipeline.params import parse_params
+    from pipeline.preprocessor_fitting import fit_model_inputs
     from spotify_genre.model import build_mlp
-    from spotify_genre.preprocessor import save_preprocessor
-    from stages.params import parse_params
-    from stages.preprocessor_fit import fit_model_inputs
+    from spotify_genre.model.bundle import load_bundle, save_bundle
+    from spotify_genre.preprocessing.preprocessor import save_preprocessor
     from tests.conftest import default_params, with_overrides
     from tests.test_predict import ZERO_SHA, sha256_of
 
@@ -502,7 +504,7 @@ def text_bundle(tmp_path_factory) -> tuple[Path, Path]:
 def test_remembered_text_scores_are_the_scores_hot_or_cold_and_bounded(text_bundle):
     """Text scores remembered across calls: the bytes TextScorer.transform gives, whether remembered (hot) or not
     (cold), however small the memory, which never holds more texts than its capacity."""
-    from spotify_genre.score_cache import RememberedScores
+    from spotify_genre.preprocessing.score_cache import RememberedScores
 
     pre = load_preprocessor(text_bundle[1])
     songs = _catalogue(3000, seed=11)
@@ -526,11 +528,11 @@ def test_streamed_predictions_with_text_scores_are_those_of_the_library_function
     """Streamed in chunks, with text scores remembered across them (in a memory of 5 texts too, forgetting all the
     time) and the CSV written by fast_csv: the bytes of model_inputs, predict_proba and predictions_csv on the
     whole file."""
-    from spotify_genre import score_cache
-    from spotify_genre.bundle import load_bundle
     from spotify_genre.model import predict_proba
-    from spotify_genre.predictions import prediction_table, predictions_csv
-    from spotify_genre.preprocessor import model_inputs
+    from spotify_genre.model.bundle import load_bundle
+    from spotify_genre.predict.table import prediction_table, predictions_csv
+    from spotify_genre.preprocessing import score_cache
+    from spotify_genre.preprocessing.preprocessor import model_inputs
 
     if capacity:
         monkeypatch.setattr(score_cache, "CAPACITY", capacity)

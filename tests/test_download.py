@@ -26,10 +26,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages import download, sources
-from stages.params import parse_params
-from spotify_genre.schema import COLUMN_NAMES
-from spotify_genre.synthetic import synthetic_songs
+from pipeline.params import parse_params
+from pipeline.synthetic import synthetic_songs
+from spotify_genre.songs.schema import COLUMN_NAMES
+from pipeline import sources
+from stages import download
 from tests.conftest import (REAL_CSV_SHA256, ROOT, default_params, make_project, needs_real_data, real_zip, run,
                             tool_env, with_overrides)
 from tests.standins import FileServer, KaggleStandIn, Reply
@@ -183,7 +184,7 @@ def test_kaggle_channel_without_credentials_says_how_to_configure_them(tmp_path,
 def test_loading_the_kaggle_client_neither_authenticates_nor_prints(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
-    code = "from stages import sources; sources.kaggle_api_class(); print('loaded')"
+    code = "from pipeline import sources; sources.kaggle_api_class(); print('loaded')"
     result = subprocess.run([sys.executable, "-c", code], env=clean_env(home), capture_output=True, text=True,
                             timeout=60)
     assert (result.returncode, result.stdout, result.stderr) == (0, "loaded\n", "")

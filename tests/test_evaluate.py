@@ -17,17 +17,18 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline import artifacts
+from pipeline.artifacts import BASELINE_PREDICTIONS, ProcessedSplit, write_baseline_predictions, write_processed
+from pipeline.metrics import (confusion_counts, headline_metrics, label_metrics, per_class_metrics, rounded,
+                              row_normalised)
+from pipeline.params import parse_params
+from pipeline.preprocessor_fitting import fit_model_inputs
+from pipeline.report import novelty_peer_table, novelty_table, results_table
+from pipeline.synthetic import synthetic_songs
 from spotify_genre.errors import DataError
-from spotify_genre.preprocessor import load_preprocessor, save_preprocessor
-from spotify_genre.schema import GENRES
-from spotify_genre.synthetic import synthetic_songs
+from spotify_genre.preprocessing.preprocessor import load_preprocessor, save_preprocessor
+from spotify_genre.songs.schema import GENRES
 from stages import evaluate
-from stages.artifacts import BASELINE_PREDICTIONS, ProcessedSplit, write_baseline_predictions, write_processed
-from stages.metrics import (confusion_counts, headline_metrics, label_metrics, per_class_metrics, rounded,
-                            row_normalised)
-from stages.params import parse_params
-from stages.preprocessor_fit import fit_model_inputs
-from stages.report import novelty_peer_table, novelty_table, results_table
 from tests.conftest import ROOT, default_params, with_overrides
 
 # A fixed, hand-checkable example over three classes: 10 songs, 6 right. Its confusion matrix (rows actual,
@@ -159,8 +160,8 @@ def _write_world(root: Path, params_overrides: dict) -> dict[str, ProcessedSplit
     """Every input of the evaluate stage, as the upstream stages lay them out, under `root`."""
     import torch
 
-    from spotify_genre.bundle import save_bundle
     from spotify_genre.model import build_mlp
+    from spotify_genre.model.bundle import save_bundle
 
     rng = np.random.default_rng(0)
     splits = {name: _split(name, rng) for name in SIZES}
@@ -427,7 +428,7 @@ def test_no_baselines_means_no_comparison():
     test, val = _split("test", rng), _split("val", rng)
     proba = np.full((len(test.labels), len(GENRES)), 1 / len(GENRES))
     settings = parse_params(default_params()).evaluate.bootstrap
-    report = evaluate.baseline_report({"models": {}, "strongest": None})
+    report = artifacts.baseline_report({"models": {}, "strongest": None})
     metrics = evaluate.evaluation_metrics(test, proba, val, proba[: len(val.labels)], report, {}, settings)
     assert metrics["baselines"] == {} and metrics["strongest_baseline"] is None
     assert metrics["log_loss"] == pytest.approx(np.log(len(GENRES)), abs=1e-6)
@@ -437,10 +438,10 @@ def test_no_baselines_means_no_comparison():
 
 def test_the_majority_alone_has_no_strongest_peer_and_a_peer_must_be_named():
     scores = {"val": {"accuracy": 0.2, "f1_macro": 0.05}, "test": {"accuracy": 0.2, "f1_macro": 0.05}}
-    assert evaluate.baseline_report({"models": {"majority": scores}, "strongest": None}).strongest is None
+    assert artifacts.baseline_report({"models": {"majority": scores}, "strongest": None}).strongest is None
     for strongest in (None, "majority"):
         with pytest.raises(DataError, match=rf"reports/baselines.json: strongest: {strongest!r} is not one of its"):
-            evaluate.baseline_report({"models": {"majority": scores, "lightgbm": scores}, "strongest": strongest})
+            artifacts.baseline_report({"models": {"majority": scores, "lightgbm": scores}, "strongest": strongest})
 
 
 @pytest.mark.parametrize("broken, message", [

@@ -1,5 +1,5 @@
-"""Id genre scores (fitted by stages/preprocessor_fit.py, applied by spotify_genre/id_scores.py): the exact lookup
-by hand, out-of-fold training scores, the arrays in the .npz beside the preprocessor JSON, and model_inputs."""
+"""Id genre scores (fitted by pipeline/preprocessor_fitting.py, applied by spotify_genre/preprocessing/id_scores.py):
+the exact lookup by hand, out-of-fold training scores, the arrays in the .npz beside the preprocessor JSON, and model_inputs."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.params import IdParams, parse_params
+from pipeline.preprocessor_fitting import encode_labels, fit_id_scorer, fit_model_inputs, fold_of
+from pipeline.synthetic import synthetic_songs
 from spotify_genre.errors import BundleError, DataError, ParamsError
-from spotify_genre.id_scores import lookup_counts
-from spotify_genre.preprocessor import arrays_path, load_preprocessor, model_inputs, save_preprocessor
-from spotify_genre.schema import GENRES, LABEL, TRACK_ID
-from spotify_genre.synthetic import synthetic_songs
-from stages.params import IdParams, parse_params
-from stages.preprocessor_fit import encode_labels, fit_id_scorer, fit_model_inputs, fold_of
+from spotify_genre.preprocessing.id_scores import lookup_counts
+from spotify_genre.preprocessing.preprocessor import arrays_path, load_preprocessor, model_inputs, save_preprocessor
+from spotify_genre.songs.schema import GENRES, LABEL, TRACK_ID
 from tests.conftest import default_params, replace_preprocessor_arrays, with_overrides
 
 SHA = "cd" * 32

@@ -1,4 +1,4 @@
-"""The numpy forward pass (spotify_genre/inference.py) against torch's, for every network build_mlp makes."""
+"""The numpy forward pass (spotify_genre/model/inference.py) against torch's, for every network build_mlp makes."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from spotify_genre.inference import compile_network
 from spotify_genre.model import build_mlp, log_probabilities, predict_proba
-from spotify_genre.text_encoder import with_characters
+from spotify_genre.model.inference import compile_network
+from spotify_genre.songs.features import with_characters
 
 N_FEATURES, N_CLASSES = 12, 6
 EMBEDDING = {"columns": [0, 1, 2, 5, 7, 8, 9], "frequencies": 4, "dim": 3, "sigma": 0.5}

@@ -54,11 +54,12 @@ def test_installed_predict_gives_the_same_bytes_as_the_checkout(installed, synth
     env = {key: value for key, value in tool_env().items() if key != "PYTHONPATH"}
     env["PATH"] = f"{installed / 'bin'}:/usr/bin:/bin"
     from_install = run([str(installed / "bin" / "spotify-genre"), *args], tmp_path, env=env)
-    from_checkout = run([sys.executable, "-m", "spotify_genre.cli", *args], ROOT)
+    from_checkout = run([sys.executable, "-m", "spotify_genre.predict.cli", *args], ROOT)
     assert from_install.stdout.count("\n") == len(EXAMPLE.read_text().splitlines())  # a header, a row per song
     assert from_install.stdout == from_checkout.stdout
     where = run([str(installed / "bin" / "python"), "-c", "import spotify_genre; print(spotify_genre.__file__)"],
                 tmp_path, env=env).stdout
     assert str(installed) in where
-    absent = run([str(installed / "bin" / "python"), "-c", "import stages"], tmp_path, env=env, check=False)
-    assert absent.returncode != 0 and "No module named 'stages'" in absent.stderr
+    for clone in ("stages", "pipeline", "experiments", "bench"):
+        absent = run([str(installed / "bin" / "python"), "-c", f"import {clone}"], tmp_path, env=env, check=False)
+        assert absent.returncode != 0 and f"No module named '{clone}'" in absent.stderr

@@ -1,4 +1,4 @@
-"""stages.metrics: the one accuracy and macro-F1 (from a confusion matrix) that the training curves, the baselines
+"""pipeline.metrics: the one accuracy and macro-F1 (from a confusion matrix) that the training curves, the baselines
 and reports/metrics.json share, checked by hand and against scikit-learn over every class."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from stages.metrics import accuracy, confusion_counts, label_metrics, macro_f1
+from pipeline.metrics import accuracy, confusion_counts, label_metrics, macro_f1
 
 N_CLASSES = 6
 ABSENT = 4  # in every case below, no label and no prediction is this class

@@ -1,4 +1,4 @@
-"""The library's model and bundle (spotify_genre/model.py, bundle.py): the MLP, device choice, the bundle's safe
+"""The library's model and bundle (spotify_genre/model/network.py, bundle.py): the MLP, device choice, the bundle's safe
 loading and its checks, batched prediction."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from spotify_genre import model as model_module
-from spotify_genre.bundle import BUNDLE_FORMAT, load_bundle, save_bundle
 from spotify_genre.errors import BundleError, PipelineError, PreprocessorMismatch
 from spotify_genre.model import build_mlp, predict_proba, resolve_device
+from spotify_genre.model.bundle import BUNDLE_FORMAT, load_bundle, save_bundle
 
 FEATURES = ("danceability", "energy", "loudness", "tempo")
 CLASSES = ("edm", "latin", "pop", "r&b", "rap", "rock")
@@ -359,11 +359,13 @@ def test_model_loading_in_the_code_is_weights_only():
     """Every torch.load in the library and the stages asks for weights_only=True (safe loading, docs/guarantees.md)."""
     from pathlib import Path
 
-    library = Path(model_module.__file__).parent
-    calls = [(path.relative_to(library.parent).as_posix(), line.strip())
-             for path in sorted([*library.glob("*.py"), *(library.parent / "stages").glob("*.py")])
+    root = Path(model_module.__file__).parents[2]
+    calls = [(path.relative_to(root).as_posix(), line.strip())
+             for package in ("spotify_genre", "pipeline", "stages", "experiments")
+             for path in sorted((root / package).rglob("*.py"))
              for line in path.read_text(encoding="utf-8").splitlines() if "torch.load(" in line]
-    assert "spotify_genre/bundle.py" in {name for name, _ in calls}, "expected the bundle loader's torch.load call"
+    assert "spotify_genre/model/bundle.py" in {name for name, _ in calls}, \
+        "expected the bundle loader's torch.load call"
     assert all("weights_only=True" in line for _, line in calls), calls
 
 
@@ -450,7 +452,7 @@ def test_batch_norm_normalises_each_member_on_its_own():
 def test_each_member_learns_as_it_would_alone():
     """The ensemble's loss is the sum of the members' own losses: each member's gradient is what it would be on
     its own (a mean over members would shrink every member's step)."""
-    from stages.training import member_loss
+    from spotify_genre.model import member_loss
 
     torch.manual_seed(1)
     members = 2

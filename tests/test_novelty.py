@@ -1,4 +1,4 @@
-"""Novelty slices (spotify_genre/novelty.py): which slice a song falls in, by hand-made cases; the known ids kept in
+"""Novelty slices (spotify_genre/preprocessing/novelty.py): which slice a song falls in, by hand-made cases; the known ids kept in
 the preprocessor's .npz; and the evaluate stage's per-slice scores against a computation by hand."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from spotify_genre.errors import BundleError
-from spotify_genre.novelty import SLICES, KnownIds
-from spotify_genre.preprocessor import arrays_path, load_preprocessor, save_preprocessor
-from spotify_genre.synthetic import synthetic_songs
+from spotify_genre.preprocessing.novelty import SLICES, KnownIds
+from spotify_genre.preprocessing.preprocessor import arrays_path, load_preprocessor, save_preprocessor
+from pipeline.synthetic import synthetic_songs
 from stages import evaluate
-from stages.params import parse_params
-from stages.preprocessor_fit import fit_model_inputs
+from pipeline.params import parse_params
+from pipeline.preprocessor_fitting import fit_model_inputs
 from tests.conftest import BIN, default_params, replace_preprocessor_arrays, run
 
 TRAINING = pd.DataFrame({

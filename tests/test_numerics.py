@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.params import TrainParams
 from spotify_genre import numerics
-from stages.params import TrainParams
 from tests.conftest import PINNED_STATE, ROOT, tool_env
 
 
@@ -88,13 +88,13 @@ def test_inference_gives_the_same_bytes_whatever_the_thread_count(monkeypatch):
     one = _probabilities(1)
     assert all(_probabilities(threads) == one for threads in (2, 3, 4, 8))
     with monkeypatch.context() as patched:
-        patched.setattr("spotify_genre.blas.inference_threads", lambda: None)  # negative control: unfixed
+        patched.setattr("spotify_genre.model.blas.inference_threads", lambda: None)  # negative control: unfixed
         assert any(_probabilities(threads) != one for threads in (2, 3, 4, 8))
 
-    monkeypatch.setattr("spotify_genre.inference.compile_network", lambda model: None)  # torch's forward pass
+    monkeypatch.setattr("spotify_genre.model.inference.compile_network", lambda model: None)  # torch's forward pass
     one = _probabilities(1)
     assert all(_probabilities(threads) == one for threads in (2, 3, 4, 8))
-    monkeypatch.setattr("spotify_genre.blas.inference_threads", lambda: None)  # its products are numpy's too
+    monkeypatch.setattr("spotify_genre.model.blas.inference_threads", lambda: None)  # its products are numpy's too
     assert any(_probabilities(threads) != one for threads in (2, 3, 4, 8))
 
 
@@ -102,8 +102,8 @@ def _trained_weights(threads: int) -> bytes:
     """The weights after two epochs of the train stage's loop, with OpenBLAS set to `threads` threads around it."""
     from threadpoolctl import threadpool_limits
 
+    from pipeline.mlp_fitting import fit
     from spotify_genre.model import build_mlp
-    from stages.training import fit
     from tests.conftest import default_params
 
     config = TrainParams.model_validate({**default_params()["train"], "max_epochs": 2})
@@ -122,7 +122,7 @@ def test_training_gives_the_same_bytes_whatever_the_blas_thread_count(monkeypatc
     """Training multiplies in numpy's BLAS (blas.py), which OpenBLAS splits by thread count: fit fixes the count."""
     one = _trained_weights(1)
     assert _trained_weights(2) == one
-    monkeypatch.setattr("spotify_genre.blas.inference_threads", lambda: None)  # negative control: unfixed
+    monkeypatch.setattr("spotify_genre.model.blas.inference_threads", lambda: None)  # negative control: unfixed
     assert _trained_weights(2) != one
 
 

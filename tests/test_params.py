@@ -10,8 +10,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from pipeline.params import Params, load_params, parse_params
 from spotify_genre.errors import ParamsError
-from stages.params import Params, load_params, parse_params
 from tests.conftest import ROOT, default_params, run, tool_env, with_overrides
 
 STAGES = ("download", "split", "select", "preprocess", "baselines", "train", "evaluate")

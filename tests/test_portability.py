@@ -137,8 +137,8 @@ def test_lightgbm_and_xgboost_fit_the_same_on_each_emulated_cpu(runs):
 _TREE_CODE = """
 import stages, json, os, numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-from stages.params import load_params
-from stages.peers import fit_peer
+from pipeline.params import load_params
+from pipeline.peers import fit_peer
 rng = np.random.default_rng(0)
 x, y = rng.standard_normal((400, 6)), rng.integers(0, 3, 400)
 HistGradientBoostingClassifier(max_iter=5).fit(x, y).predict_proba(x)

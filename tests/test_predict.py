@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spotify_genre import cli
-from spotify_genre.features import candidate_features
-from spotify_genre.preprocessor import NumericColumn, load_preprocessor, model_inputs, save_preprocessor
-from spotify_genre.schema import GENRES, INPUT_COLUMNS, RELEASE_DATE, TRACK_ID
-from spotify_genre.synthetic import synthetic_songs
-from stages.params import load_params
-from stages.preprocessor_fit import fit_preprocessor
+from pipeline.params import load_params
+from pipeline.preprocessor_fitting import fit_preprocessor
+from pipeline.synthetic import synthetic_songs
+from spotify_genre.predict import cli
+from spotify_genre.preprocessing.preprocessor import NumericColumn, load_preprocessor, model_inputs, save_preprocessor
+from spotify_genre.songs.features import candidate_features
+from spotify_genre.songs.schema import GENRES, INPUT_COLUMNS, RELEASE_DATE, TRACK_ID
 from tests.conftest import BIN, ROOT, run, tool_env
 
 BAD_CORPUS = ROOT / "tests" / "data" / "bad"
@@ -42,8 +42,8 @@ def _save_bundle(folder: Path, candidates: list[str], *, class_names=GENRES, son
     """
     import torch
 
-    from spotify_genre.bundle import save_bundle
     from spotify_genre.model import build_mlp
+    from spotify_genre.model.bundle import save_bundle
 
     folder.mkdir(parents=True, exist_ok=True)
     params = load_params(ROOT / "params.yaml")
@@ -157,7 +157,7 @@ def test_bad_input_fails_with_its_own_clear_error(case, songs, bundle, tmp_path,
 
 def test_torch_is_not_imported_for_bad_input(songs, bundle, tmp_path):
     (tmp_path / "songs.csv").write_bytes(_csv(songs.drop(columns="energy")))
-    probe = ("import sys; from spotify_genre.cli import main; code = main(sys.argv[1:]); "
+    probe = ("import sys; from spotify_genre.predict.cli import main; code = main(sys.argv[1:]); "
              "print('torch' in sys.modules); sys.exit(code)")
     result = _predict([sys.executable, "-c", probe], ["songs.csv"], tmp_path, bundle)
     assert result.returncode == 3, result.stderr.decode()
@@ -277,7 +277,7 @@ def test_rows_are_numbered_without_track_id_and_only_needed_columns_are_required
 
 
 def test_the_predictions_table_rounds_to_six_decimals_and_orders_the_top_k():
-    from spotify_genre.predictions import prediction_table, predictions_csv
+    from spotify_genre.predict.table import prediction_table, predictions_csv
 
     probabilities = np.random.default_rng(0).dirichlet(np.ones(len(GENRES)), size=50)
     probabilities[0] = [1e-9, 0.5 - 1e-9, 0.25, 0.125, 0.0625, 0.0625]
@@ -494,7 +494,7 @@ def test_predictions_on_the_test_split_equal_the_evaluate_stage(pipeline):
 
 @pytest.mark.e2e
 def test_model_inputs_equal_the_processed_test_split(pipeline):
-    from stages.artifacts import read_processed
+    from pipeline.artifacts import read_processed
 
     pre = load_preprocessor(pipeline / "models" / "preprocessor.json")
     data = pd.read_parquet(pipeline / "data" / "split" / "test.parquet").to_csv(index=False).encode()

@@ -17,15 +17,17 @@ import yaml
 from sklearn.feature_selection import f_classif
 from sklearn.preprocessing import RobustScaler, StandardScaler
 
+from pipeline.artifacts import SPLITS, read_processed
+from pipeline.params import IdParams, PreprocessParams, TextParams, load_params
+from pipeline.preprocessor_fitting import encode_labels, fit_preprocessor
+from pipeline.synthetic import synthetic_songs
 from spotify_genre.errors import BundleError, DataError, ParamsError
-from spotify_genre.features import CANDIDATE_FEATURES, candidate_features
-from spotify_genre.preprocessor import FORMAT_VERSION, NumericColumn, Preprocessor, load_preprocessor, save_preprocessor
-from spotify_genre.schema import GENRES, LABEL, PLAYLIST_FIELDS, RELEASE_DATE, TRACK_ID, read_songs, validate_songs
-from spotify_genre.synthetic import synthetic_songs
+from spotify_genre.preprocessing.preprocessor import (FORMAT_VERSION, NumericColumn, Preprocessor, load_preprocessor,
+                                                      save_preprocessor)
+from spotify_genre.songs.features import CANDIDATE_FEATURES, candidate_features
+from spotify_genre.songs.schema import (GENRES, LABEL, PLAYLIST_FIELDS, RELEASE_DATE, TRACK_ID, read_songs,
+                                        validate_songs)
 from stages import preprocess, select, split
-from stages.artifacts import SPLITS, read_processed
-from stages.params import IdParams, PreprocessParams, TextParams, load_params
-from stages.preprocessor_fit import encode_labels, fit_preprocessor
 from tests.conftest import ROOT, make_project, needs_real_data, real_zip, run, write_params
 
 SHA = "ab" * 32

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from spotify_genre.atomic import write_text, write_with
-from spotify_genre.features import CANDIDATE_FEATURES
-from spotify_genre.schema import LABEL, PLAYLIST_FIELDS, TRACK_ID
+from spotify_genre.songs.features import CANDIDATE_FEATURES
+from spotify_genre.songs.schema import LABEL, PLAYLIST_FIELDS, TRACK_ID
 from tests.conftest import ROOT, SYNTHETIC_OVERRIDES, copy_project, make_project, run, tool_env
 
 # Few rows, so the stages start quickly; enough epochs (no early stop) that training is still going on when the
@@ -278,7 +278,7 @@ def test_a_failed_write_keeps_the_old_file_whole_and_leaves_no_temp_file(tmp_pat
 
 @pytest.mark.e2e
 def test_the_model_dvc_repro_trains_sees_only_candidate_features(reference):
-    from spotify_genre.bundle import load_bundle
+    from spotify_genre.model.bundle import load_bundle
 
     preprocessor = json.loads((reference / "models" / "preprocessor.json").read_text())
     inputs = set(preprocessor["input_features"])
@@ -340,7 +340,8 @@ def test_no_code_loads_a_file_in_a_way_that_can_run_it():
                and top.name not in skip and not top.name.endswith(".egg-info")]
     modules = sorted([*ROOT.glob("*.py"), *(path for folder in folders for path in folder.rglob("*.py"))])
     walked = {path.relative_to(ROOT).as_posix() for path in modules}
-    assert {"spotify_genre/bundle.py", "spotify_genre/cli.py", "stages/train.py", "stages/evaluate.py"} <= walked
+    assert {"spotify_genre/model/bundle.py", "spotify_genre/predict/cli.py", "stages/train.py",
+            "stages/evaluate.py"} <= walked
     findings, torch_loads = [], {}
     for path in modules:
         found, count = _unsafe_loads(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
@@ -348,7 +349,7 @@ def test_no_code_loads_a_file_in_a_way_that_can_run_it():
         if count:
             torch_loads[path.relative_to(ROOT).as_posix()] = count
     assert not findings
-    assert "spotify_genre/bundle.py" in torch_loads, \
+    assert "spotify_genre/model/bundle.py" in torch_loads, \
         "the bundle loader's torch.load was not found: is the walk reading the code?"
 
 

@@ -1,4 +1,4 @@
-"""The seed tables (stages/seed_table.py): the headline by scenario with its t-intervals over seeds and verdicts, the
+"""The seed tables (experiments/seeds.py): the headline by scenario with its t-intervals over seeds and verdicts, the
 per-seed tables, and the experiments found by name and grouping in `dvc exp show --json`. `make seeds` itself:
 tests/test_experiments.py."""
 
@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from scipy.stats import t as student_t
 
+from experiments.seeds import named_runs, seed_tables
 from spotify_genre.errors import PipelineError
-from stages.seed_table import (headline_table, kept, mean_interval, named_runs, saved_runs, seed_tables, seeds_text,
+from experiments.seeds import (headline_table, kept, mean_interval, named_runs, saved_runs, seed_tables, seeds_text,
                                validation_table, verdict)
 
 

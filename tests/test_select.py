@@ -11,12 +11,12 @@ import pytest
 import yaml
 from sklearn.feature_selection import f_classif
 
-from stages import select
+from pipeline.params import SelectParams
+from pipeline.synthetic import synthetic_songs
 from spotify_genre.errors import ParamsError
-from spotify_genre.features import CANDIDATE_FEATURES, candidate_features
-from stages.params import SelectParams
-from spotify_genre.schema import LABEL, PLAYLIST_FIELDS, RELEASE_DATE
-from spotify_genre.synthetic import synthetic_songs
+from spotify_genre.songs.features import CANDIDATE_FEATURES, candidate_features
+from spotify_genre.songs.schema import LABEL, PLAYLIST_FIELDS, RELEASE_DATE
+from stages import select
 from tests.conftest import ROOT
 
 ALL = SelectParams(candidates=list(CANDIDATE_FEATURES), k=None, max_p_value=1.0, min_eta_squared=0.0)

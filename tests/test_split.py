@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import split
+from pipeline import splitting
+from pipeline.params import SplitParams
+from pipeline.synthetic import synthetic_songs
 from spotify_genre.errors import DataError
-from stages.params import SplitParams
-from spotify_genre.schema import COLUMN_NAMES, GENRES, LABEL, RELEASE_DATE, TRACK_ID
-from spotify_genre.synthetic import synthetic_songs
+from spotify_genre.songs.schema import COLUMN_NAMES, GENRES, LABEL, RELEASE_DATE, TRACK_ID
+from stages import split
 from tests.conftest import ROOT
 
 PARAMS = SplitParams(val_size=0.15, test_size=0.15, seed=42, missing="drop", group_by="track_id")
@@ -69,15 +70,15 @@ def test_adding_songs_keeps_every_old_assignment(songs, where):
 def test_assignment_is_the_documented_hash():
     ids = pd.Series(["0UywfDKYlyiu1b38DRrzYD", "6f807x0ima9a1j3VPbc7VN", "xyz"])
     expected = [int.from_bytes(hashlib.sha256(f"42:{i}".encode()).digest()[:8], "big") / 2**64 for i in ids]
-    np.testing.assert_array_equal(split.track_fractions(ids, 42), expected)
+    np.testing.assert_array_equal(splitting.track_fractions(ids, 42), expected)
     labels = ["test" if u < 0.15 else "val" if u < 0.30 else "train" for u in expected]
-    assert list(split.assign_splits(ids, PARAMS)) == labels
+    assert list(splitting.assign_splits(ids, PARAMS)) == labels
 
 
 def test_seed_changes_the_assignment(songs):
-    same = split.assign_splits(songs[TRACK_ID], PARAMS)
-    other = split.assign_splits(songs[TRACK_ID], PARAMS.model_copy(update={"seed": 7}))
-    assert (same == split.assign_splits(songs[TRACK_ID], PARAMS)).all()
+    same = splitting.assign_splits(songs[TRACK_ID], PARAMS)
+    other = splitting.assign_splits(songs[TRACK_ID], PARAMS.model_copy(update={"seed": 7}))
+    assert (same == splitting.assign_splits(songs[TRACK_ID], PARAMS)).all()
     assert 0.3 < (same != other).mean() < 0.7
 
 
@@ -131,7 +132,7 @@ def test_grouped_by_artist_no_artist_and_no_track_in_two_splits(songs):
 
 def test_grouping_by_track_is_the_documented_hash_of_the_track_id(songs):
     by_track = split.split_songs(songs, PARAMS)[0]
-    expected = split.assign_splits(songs[TRACK_ID], PARAMS)
+    expected = splitting.assign_splits(songs[TRACK_ID], PARAMS)
     assert _assignment(by_track) == dict(zip(songs[TRACK_ID], expected))
     by_artist = split.split_songs(songs, BY_ARTIST)[0]
     assert _assignment(by_artist) != _assignment(by_track)

@@ -1,4 +1,4 @@
-"""Playlist subgenres as a second target (spotify_genre/subgenres.py, train.subgenre_weight): the vocabulary of
+"""Playlist subgenres as a second target (pipeline/subgenres.py, train.subgenre_weight): the vocabulary of
 the training rows, the genre sums, the model's mixture head, and the train stage with it."""
 
 from __future__ import annotations
@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from spotify_genre.bundle import Architecture, load_bundle
+from pipeline import mlp_fitting as training
+from pipeline.artifacts import ProcessedSplit, read_processed, write_processed
+from pipeline.params import parse_params
+from pipeline.subgenres import fit_subgenres
+from pipeline.synthetic import synthetic_songs
 from spotify_genre.errors import DataError
 from spotify_genre.model import GenreMixture, build_mlp, predict_proba
-from spotify_genre.schema import GENRES
-from spotify_genre.subgenres import fit_subgenres
-from spotify_genre.synthetic import synthetic_songs
-from stages import train, training
-from stages.artifacts import ProcessedSplit, read_processed, write_processed
-from stages.params import parse_params
+from spotify_genre.model.bundle import Architecture, load_bundle
+from spotify_genre.songs.schema import GENRES
+from stages import train
 from tests.conftest import default_params, with_overrides
 from tests.test_train import QUICK, make_inputs, run_stage, torch_globals_restored
 
@@ -159,7 +160,7 @@ def test_subgenre_weight_without_the_column_is_one_clear_line(tmp_path, monkeypa
 
 @pytest.mark.parametrize("name", ["lightgbm", "xgboost"])
 def test_a_boosted_peer_can_fit_the_subgenres_and_predict_genres(name):
-    from stages.peers import fit_peer
+    from pipeline.peers import fit_peer
 
     songs = synthetic_songs(1200, 0)
     features = np.random.default_rng(0).normal(size=(1200, 4)).astype(np.float32)

@@ -1,5 +1,5 @@
-"""Text genre scores (fitted by stages/preprocessor_fit.py, applied by spotify_genre/text_scores.py) and their place
-in the preprocessor: hashed n-grams, naive Bayes equal to scikit-learn's, out-of-fold training scores, chunking, the
+"""Text genre scores (fitted by pipeline/preprocessor_fitting.py, applied by spotify_genre/preprocessing/text_scores.py)
+and their place in the preprocessor: hashed n-grams, naive Bayes equal to scikit-learn's, out-of-fold training scores, chunking, the
 .npz beside the JSON, and model_inputs for predict."""
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import pytest
 from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.naive_bayes import MultinomialNB
 
-from spotify_genre import text_scores as text
+from pipeline.params import TextParams, load_params, parse_params
+from pipeline.preprocessor_fitting import encode_labels, fit_model_inputs, fit_text_scorer, fold_of
+from pipeline.splitting import group_keys
+from pipeline.synthetic import synthetic_songs
 from spotify_genre.errors import BundleError, DataError, ParamsError
-from spotify_genre.features import CANDIDATE_FEATURES, TEXT_FIELDS
-from spotify_genre.preprocessor import arrays_path, load_preprocessor, model_inputs, save_preprocessor
-from spotify_genre.schema import GENRES, LABEL, TRACK_ID
-from spotify_genre.synthetic import synthetic_songs
-from stages.groups import group_keys
-from stages.params import TextParams, load_params, parse_params
-from stages.preprocessor_fit import encode_labels, fit_model_inputs, fit_text_scorer, fold_of
+from spotify_genre.preprocessing import text_scores as text
+from spotify_genre.preprocessing.preprocessor import arrays_path, load_preprocessor, model_inputs, save_preprocessor
+from spotify_genre.songs.features import CANDIDATE_FEATURES, TEXT_FIELDS
+from spotify_genre.songs.schema import GENRES, LABEL, TRACK_ID
 from stages.split import split_songs
 from tests.conftest import ROOT, default_params, replace_preprocessor_arrays, with_overrides
 

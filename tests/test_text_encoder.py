@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from spotify_genre.bundle import load_bundle
+from pipeline.artifacts import ProcessedSplit, read_processed, write_processed
+from pipeline.artifacts import read_model_inputs, read_split_texts
 from spotify_genre.model import build_mlp, predict_proba
-from spotify_genre.schema import GENRES
-from spotify_genre.text_encoder import OTHER, PADDING, VOCABULARY, encode_characters, with_characters
-from stages.artifacts import ProcessedSplit, read_processed, write_processed
-from stages.model_inputs import model_inputs, split_texts
+from spotify_genre.model.bundle import load_bundle
+from spotify_genre.songs.features import OTHER, PADDING, VOCABULARY, encode_characters, with_characters
+from spotify_genre.songs.schema import GENRES
 from tests.test_train import make_inputs, run_stage
 
 GRU = {"train.text_encoder.kind": "gru", "train.text_encoder.max_chars": 12, "train.text_encoder.hidden": 8,
@@ -97,12 +97,12 @@ def test_the_train_stage_trains_it_and_the_safe_bundle_reloads_it(trained, monke
     assert any(".encoder.recurrent" in f".{name}" for name in raw["state_dict"])
     val = read_processed(trained / "data/processed/val.parquet")
     bundle = load_bundle(trained / "models/model.pt", feature_names=val.feature_names, class_names=GENRES)
-    inputs = model_inputs("val", val, bundle.architecture["text_encoder"])
+    inputs = read_model_inputs("val", val, bundle.architecture["text_encoder"])
     first, second = predict_proba(bundle.model, inputs), predict_proba(load_bundle(
         trained / "models/model.pt").model, inputs)
     np.testing.assert_array_equal(first, second)
     # The titles name the genre: the model is reading them if blanking them costs it accuracy.
-    texts = split_texts("val", val, ["track_name", "track_album_name"])
+    texts = read_split_texts("val", val, ["track_name", "track_album_name"])
     blank = with_characters(val.features, {field: [""] * len(val.labels) for field in texts},
                             bundle.architecture["text_encoder"])
     accuracy = np.mean(first.argmax(axis=1) == val.labels)
@@ -120,20 +120,20 @@ def test_rows_of_another_split_are_refused_in_one_line(tmp_path, monkeypatch):
     from spotify_genre.errors import DataError
 
     with pytest.raises(DataError, match=r"data/split/val.parquet: its rows are not those of data/processed/val"):
-        split_texts("val", shuffled, ["track_name"])
+        read_split_texts("val", shuffled, ["track_name"])
 
 
 def test_spotify_genre_predict_reads_the_characters_the_model_was_trained_on(trained, tmp_path):
     import subprocess
     import sys
 
-    from spotify_genre.preprocessor import load_preprocessor
-    from spotify_genre.preprocessor import model_inputs as preprocessed
-    from spotify_genre.synthetic import synthetic_songs
+    from pipeline.synthetic import synthetic_songs
+    from spotify_genre.preprocessing.preprocessor import load_preprocessor
+    from spotify_genre.preprocessing.preprocessor import model_inputs as preprocessed
 
     songs = synthetic_songs(40, seed=3)
     songs.to_csv(tmp_path / "songs.csv", index=False)
-    args = [sys.executable, "-m", "spotify_genre.cli", "predict", str(tmp_path / "songs.csv"), "-o",
+    args = [sys.executable, "-m", "spotify_genre.predict.cli", "predict", str(tmp_path / "songs.csv"), "-o",
             str(tmp_path / "out.csv"), "--model", str(trained / "models/model.pt"),
             "--preprocessor", str(trained / "models/preprocessor.json")]
     subprocess.run(args, check=True, capture_output=True, text=True, timeout=120)

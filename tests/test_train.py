@@ -14,18 +14,19 @@ import pytest
 import torch
 import yaml
 
-from spotify_genre.bundle import load_bundle, save_bundle
-from spotify_genre.features import candidate_features
+from pipeline import mlp_fitting as training
+from pipeline.artifacts import ProcessedSplit, read_processed, write_processed
+from pipeline.metrics import confusion_counts, macro_f1
+from pipeline.params import parse_params
+from pipeline.preprocessor_fitting import fit_preprocessor
+from pipeline.subgenres import fit_subgenres
+from pipeline.synthetic import synthetic_songs
 from spotify_genre.model import build_mlp, predict_proba, resolve_device
-from spotify_genre.preprocessor import Preprocessor, save_preprocessor
-from spotify_genre.schema import GENRES
-from spotify_genre.subgenres import fit_subgenres
-from spotify_genre.synthetic import synthetic_songs
-from stages import train, training
-from stages.artifacts import ProcessedSplit, read_processed, write_processed
-from stages.metrics import confusion_counts, macro_f1
-from stages.params import parse_params
-from stages.preprocessor_fit import fit_preprocessor
+from spotify_genre.model.bundle import load_bundle, save_bundle
+from spotify_genre.preprocessing.preprocessor import Preprocessor, save_preprocessor
+from spotify_genre.songs.features import candidate_features
+from spotify_genre.songs.schema import GENRES
+from stages import train
 from tests.conftest import default_params, with_overrides
 
 NUMERIC = ("danceability", "energy", "loudness", "speechiness", "acousticness", "instrumentalness", "liveness",

@@ -93,8 +93,8 @@ def _machine(synthetic_pipeline: Path, folder: Path) -> Path:
 def test_two_machines_share_one_study_through_postgresql(postgres, synthetic_pipeline, tmp_path):
     machines = [_machine(synthetic_pipeline, tmp_path / name) for name in ("a", "b")]
     env = tool_env(PYTHONPATH=str(ROOT), PGPASSWORD=PASSWORD)
-    processes = [subprocess.Popen([sys.executable, "-m", "stages.tune", "--storage", postgres, "--seed", str(seed)],
-                                  cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    processes = [subprocess.Popen([sys.executable, "-m", "experiments.tune", "--storage", postgres,
+                                   "--seed", str(seed)], cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for folder, seed in zip(machines, (100, 200))]
     outputs = [process.communicate(timeout=300) for process in processes]
 
@@ -112,7 +112,7 @@ def test_two_machines_share_one_study_through_postgresql(postgres, synthetic_pip
 
 
 def test_a_wrong_password_is_one_line_that_never_shows_it(postgres, synthetic_pipeline, tmp_path, monkeypatch):
-    from stages import tune
+    from experiments import tune
 
     folder = _machine(synthetic_pipeline, tmp_path / "wrong")
     monkeypatch.chdir(folder)
@@ -122,7 +122,7 @@ def test_a_wrong_password_is_one_line_that_never_shows_it(postgres, synthetic_pi
     code = tune.main(["--storage", url])
 
     assert code == 7
-    captured = subprocess.run([sys.executable, "-m", "stages.tune", "--storage", url], cwd=folder,
+    captured = subprocess.run([sys.executable, "-m", "experiments.tune", "--storage", url], cwd=folder,
                               env=tool_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True)
     assert captured.returncode == 7 and captured.stdout == ""
     assert captured.stderr.startswith(f"error: --storage {postgres.replace('tuner@', 'tuner:***@')}: cannot be "
