@@ -196,22 +196,24 @@ def novelty_table(metrics: dict) -> list[str]:
     strongest peer's, with intervals, and the paired difference. The README's results table is this table of the
     committed metrics."""
     slices, total = metrics["novelty"]["test"], sum(entry["songs"] for entry in metrics["novelty"]["test"].values())
-    peer = metrics["strongest_baseline"]
-    label = MODEL_NAMES.get(peer, peer)
+    peer = metrics["strongest_baseline"]  # None where the baselines are the majority class alone
     rows = []
     for name in SLICES:
         entry = slices[name]
         if not entry["songs"]:
-            rows.append([DESCRIPTIONS[name], 0, "", "", "", ""])
+            rows.append([DESCRIPTIONS[name], 0, "", "", *([""] * 2 * (peer is not None))])
             continue
-        scores = entry["baselines"][peer]
-        difference = scores["difference"]["accuracy"]
-        rows.append([DESCRIPTIONS[name], f"{entry['songs']:,} ({entry['songs'] / total:.0%})",
-                     _scores_text(entry, "accuracy"), _scores_text(entry, "f1_macro"),
-                     f"{_scores_text(scores, 'accuracy')} / {scores['f1_macro']:.4f}",
-                     f"{difference['estimate']:+.4f} {interval_text(difference, signed=True)}"])
-    return markdown_table(["test songs whose", "songs", "MLP accuracy", "MLP macro-F1",
-                           f"{label} accuracy / macro-F1", f"MLP − {label}, accuracy"], rows)
+        row = [DESCRIPTIONS[name], f"{entry['songs']:,} ({entry['songs'] / total:.0%})",
+               _scores_text(entry, "accuracy"), _scores_text(entry, "f1_macro")]
+        if peer is not None:
+            scores = entry["baselines"][peer]
+            difference = scores["difference"]["accuracy"]
+            row += [f"{_scores_text(scores, 'accuracy')} / {scores['f1_macro']:.4f}",
+                    f"{difference['estimate']:+.4f} {interval_text(difference, signed=True)}"]
+        rows.append(row)
+    label = MODEL_NAMES.get(peer, peer)
+    peer_columns = [] if peer is None else [f"{label} accuracy / macro-F1", f"MLP − {label}, accuracy"]
+    return markdown_table(["test songs whose", "songs", "MLP accuracy", "MLP macro-F1", *peer_columns], rows)
 
 
 def novelty_peer_table(metrics: dict) -> list[str]:

@@ -169,3 +169,18 @@ def test_predict_says_each_songs_slice_as_the_evaluate_stage_counted_them(synthe
                    str(pipeline / "models" / "model.pt"), "--preprocessor", "older.json"], tmp_path, check=False)
     assert refused.returncode == 5 and refused.stderr.count("\n") == 1, refused.stderr
     assert refused.stderr.startswith("error: older.json: holds no training albums and artists"), refused.stderr
+
+
+def test_without_a_peer_the_slice_table_has_the_mlp_alone():
+    from pipeline.report import novelty_table
+
+    entry = {"songs": 10, "share": 1.0, "accuracy": 0.5, "f1_macro": 0.4,
+             "intervals": {"accuracy": {"low": 0.2, "high": 0.8}, "f1_macro": {"low": 0.1, "high": 0.7}},
+             "baselines": {"majority": {"accuracy": 0.3, "f1_macro": 0.1}}}
+    metrics = {"strongest_baseline": None,
+               "novelty": {"test": {"known_album": entry, "new_album": {"songs": 0, "share": 0.0},
+                                    "new_artist": {"songs": 0, "share": 0.0}}}}
+    lines = novelty_table(metrics)
+    assert lines[0] == "| test songs whose | songs | MLP accuracy | MLP macro-F1 |"
+    assert lines[2] == "| album has training songs | 10 (100%) | 0.5000 [0.2000, 0.8000] | 0.4000 [0.1000, 0.7000] |"
+    assert lines[3] == "| new album, known artist | 0 |  |  |"
