@@ -12,7 +12,7 @@ from typing import Callable, NoReturn
 import pandas as pd
 
 from spotify_genre.catalogue import STDIO, read_csv_bytes, required_columns
-from spotify_genre.errors import BundleError, ParamsError, exits_cleanly
+from spotify_genre.errors import BundleError, ParamsError, exits_cleanly, quoted
 from spotify_genre.outputs import FORMATS, ReaderGone, output_format
 from spotify_genre.shards import claim, find_shards, is_catalogue, pending
 from spotify_genre.streaming import DEFAULT_CHUNK_ROWS, Pool, Predictor, Settings, predict_stream
@@ -61,10 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--skip-invalid", action="store_true",
                          help="leave out rows with missing or invalid values (each listed on stderr) instead of "
                               "stopping at the first")
-    predict.add_argument("--chunk-rows", metavar="N", type=_positive, default=DEFAULT_CHUNK_ROWS,
-                         help=f"songs read, checked and predicted at a time (default {DEFAULT_CHUNK_ROWS:,}); "
-                              "the output is the same whatever N")
-    predict.add_argument("--workers", metavar="N", type=_positive, default=1,
+    predict.add_argument("--chunk-rows", metavar="N", type=whole_number(1, MAX_CHUNK_ROWS), default=DEFAULT_CHUNK_ROWS,
+                         help=f"songs read, checked and predicted at a time (default {DEFAULT_CHUNK_ROWS:,}, at most "
+                              f"{MAX_CHUNK_ROWS:,}); the output is the same whatever N")
+    predict.add_argument("--workers", metavar="N", type=whole_number(1, MAX_WORKERS), default=1,
                          help="worker processes for an input of more than one chunk (default 1: this process, "
                               "which runs the model on a second thread and so uses two cores); each holds its own "
                               "model and chunks, about 0.5 GB")
@@ -90,20 +90,24 @@ def _tune(argv: list[str]) -> NoReturn:
     os.execv(sys.executable, [sys.executable, "-m", "stages.tune", *argv])
 
 
-def whole_number(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least `minimum`, or argparse's one-line usage error."""
+def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from `minimum` to `maximum`, or argparse's one-line usage error."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {quoted(text)}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected {minimum} or more, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"expected {minimum} to {maximum:,}, got {quoted(value)}")
         return value
 
     return parse
 
 
+MAX_CHUNK_ROWS = 1 << 20  # a chunk's songs are held several times over in memory: 1 GB and more at this size
+MAX_WORKERS = 64  # each holds its own model, about 0.5 GB
 _positive = whole_number(1)
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Callable
+from typing import Any, Callable
+
+QUOTED_CHARACTERS = 60  # of a value quoted in a message: a 10 MB value is not echoed whole
+LINE_CHARACTERS = 2000  # of any error line, whatever it quotes
 
 
 class PipelineError(Exception):
@@ -44,6 +47,25 @@ class PreprocessorMismatch(BundleError):
     exit_code = 6
 
 
+def quoted(value: Any, limit: int = QUOTED_CHARACTERS) -> str:
+    """repr(value) for a message, or its first `limit` characters and how long the whole is."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, (str, bytes)):
+        size = f"{len(value):,} {'characters' if isinstance(value, str) else 'bytes'}"
+    elif isinstance(value, (list, tuple, dict)):
+        size = f"{len(value):,} items"
+    else:
+        size = f"{len(text):,} characters"
+    return f"{text[:limit]}... ({size})"
+
+
+def bounded(line: str, limit: int = LINE_CHARACTERS) -> str:
+    """A message cut to `limit` characters, saying so: the last defence against a value quoted whole."""
+    return line if len(line) <= limit else f"{line[:limit]}... (cut; {len(line):,} characters in all)"
+
+
 def exits_cleanly(main: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a stage's main(): expected errors become one line on stderr and a non-zero exit code."""
 
@@ -52,10 +74,18 @@ def exits_cleanly(main: Callable[..., int | None]) -> Callable[..., int]:
         try:
             return main(*args, **kwargs) or 0
         except PipelineError as error:
-            print(f"error: {error}", file=sys.stderr)
+            _say(f"error: {bounded(str(error))}")
             return error.exit_code
         except KeyboardInterrupt:
-            print("interrupted: no output was left half-written", file=sys.stderr)
+            _say("interrupted: no output was left half-written")
             return 130
 
     return wrapper
+
+
+def _say(line: str) -> None:
+    """One line on stderr, if there is a stderr to write to."""
+    try:
+        print(line, file=sys.stderr or sys.__stderr__, flush=True)
+    except (OSError, AttributeError, ValueError):
+        pass

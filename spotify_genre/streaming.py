@@ -27,7 +27,7 @@ import pandas as pd
 
 from spotify_genre.catalogue import (CSV, STDIO, Songs, csv_chunks, header_only, open_csv_stream, parse_csv, place,
                                      required_columns)
-from spotify_genre.errors import DataError
+from spotify_genre.errors import DataError, quoted
 from spotify_genre.outputs import open_sink, render
 from spotify_genre.parquet_songs import open_parquet, parquet_batches, parse_parquet
 from spotify_genre.predictions import prediction_table
@@ -74,6 +74,7 @@ class CsvChunk:
 class ParquetChunk:
     batch: object  # pyarrow.RecordBatch
     first_row: int
+    where: str
 
 
 @dataclass
@@ -91,7 +92,7 @@ def describe(cell) -> str:
     value = cell.value
     if isinstance(value, (float, np.floating)):
         value = int(value) if float(value).is_integer() else float(value)
-    shown = "" if pd.isna(value) else f" {value!r}:"
+    shown = "" if pd.isna(value) else f" {quoted(value)}:"
     return f"{place(int(cell.row), int(cell.line))}, column {cell.column!r}:{shown} {cell.reason}"
 
 
@@ -111,7 +112,7 @@ class Predictor:
         if isinstance(chunk, CsvChunk):
             songs = parse_csv(chunk.header, chunk.records, chunk.where, self.required)
         else:
-            songs = parse_parquet(chunk.batch, chunk.first_row, self.required)
+            songs = parse_parquet(chunk.batch, chunk.first_row, self.required, chunk.where)
         return self._valid(songs, with_features)
 
     def _valid(self, songs: Songs, with_features: bool) -> Prepared:
@@ -286,7 +287,7 @@ def _chunks(kind: str, stream, source: str, where: str, required: tuple[str, ...
         return
     parquet, columns = open_parquet(source, where, required)
     for batch, first_row in parquet_batches(parquet, columns, where, rows):
-        yield ParquetChunk(batch, first_row)
+        yield ParquetChunk(batch, first_row, where)
 
 
 def predict_stream(source: str, target: str, fmt: str, predictor: Predictor, log: Callable[[str], None],

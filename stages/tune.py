@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from spotify_genre.cli import whole_number
+from spotify_genre.cli import MAX_WORKERS, whole_number
 from spotify_genre.errors import ParamsError, PipelineError, exits_cleanly
 from spotify_genre.validation import validated
 from stages.dvc_cli import dvc_executable
@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--trials", type=whole_number(1), metavar="N",
                       help="the study's planned total of finished trials (default: tuning.yaml's); a restarted "
                            "run does only what is left")
-    tune.add_argument("--workers", type=whole_number(1), metavar="N", default=1,
+    tune.add_argument("--workers", type=whole_number(1, MAX_WORKERS), metavar="N", default=1,
                       help="worker processes on this machine, sharing the study (default 1)")
     tune.add_argument("--storage", metavar="URL",
                       help="the study's database (default: tuning.yaml's, a SQLite file under tuning/); a "
