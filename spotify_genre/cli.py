@@ -24,8 +24,10 @@ __all__ = ["main", "read_input", "required_columns", "run"]
 EXIT_CODES = """exit codes:
   0  predictions written
   1  the output could not be written
-  2  wrong usage (unknown option, --top-k out of range, an output extension of no known format)
-  3  bad input data (unreadable file, missing column, invalid value, corrupt compressed data, no shards)
+  2  wrong usage (unknown option, --top-k out of range, an output extension of no known format, an output that
+     is the input)
+  3  bad input data (unreadable file or closed standard input, missing column, invalid value, corrupt compressed
+     data, no shards)
   5  bad model bundle or preprocessor (missing, unsafe, or for other features)
   6  the preprocessor is not the one the model was trained with (its sha256 differs from the bundle's)
   130  interrupted"""
@@ -195,11 +197,12 @@ def run() -> NoReturn:
     most of it torch's) would do nothing a finished run needs."""
     _keep_freed_memory()
     code = main()
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BrokenPipeError:  # the reader stopped early (`| head`)
-        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:  # None: closed when the command started
+                stream.flush()
+        except OSError:  # the reader stopped early (`| head`); a full disk was said by main()
+            pass
     os._exit(code)
 
 

@@ -303,7 +303,7 @@ def predict_stream(source: str, target: str, fmt: str, predictor: Predictor, log
         second = next(chunks, None)
         runner = pool if pool is not None and second is not None else InProcess(predictor, early=second is not None)
         try:
-            with open_sink(target, fmt) as sink:
+            with open_sink(target, fmt, source) as sink:
                 return _run(_again(first, second, chunks), runner, sink, fmt, settings, where, log)
         finally:
             if runner is not pool:

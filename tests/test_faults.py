@@ -85,6 +85,143 @@ def reference_csv(bundle, songs_csv: Path, tmp_path: Path) -> bytes:
     return result.stdout
 
 
+# --- 1. an output that is the input, or a special file ----------------------------------------------------------
+
+
+def test_an_output_that_is_the_input_is_refused_however_it_is_spelled(songs_csv, bundle, tmp_path, predict_here):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    source = folder / "songs.csv"
+    shutil.copy(songs_csv, source)
+    os.link(source, folder / "hard.csv")
+    os.symlink("songs.csv", folder / "soft.csv")
+    original = source.read_bytes()
+    for output in ("in/songs.csv", "./in/songs.csv", "in/../in/songs.csv", str(source), "in/hard.csv",
+                   "in/soft.csv"):
+        result = predict_here(["in/songs.csv", "-o", output], bundle)
+        line = one_error_line(result.stderr)
+        assert result.returncode == 2 and "is the input" in line, line
+        assert source.read_bytes() == original and (folder / "soft.csv").is_symlink()
+    assert temp_files(tmp_path) == []
+
+    with open(source, "rb") as stdin:  # `predict - -o songs.csv < songs.csv`
+        result = predict(["-", "-o", str(source)], bundle, tmp_path, stdin=stdin)
+    assert result.returncode == 2 and "is the input" in one_error_line(result.stderr)
+    assert source.read_bytes() == original
+
+
+def test_a_fifo_is_streamed_into_and_stays_a_fifo(songs_csv, bundle, tmp_path):
+    for name in ("pipe", "pipe.csv.gz", "pipe.parquet"):
+        reference = tmp_path / f"reference-{name}"
+        assert predict([str(songs_csv), "-o", str(reference)], bundle, tmp_path).returncode == 0
+        fifo = tmp_path / name
+        os.mkfifo(fifo)
+        received = []
+        reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+        reader.start()
+        result = predict([str(songs_csv), "-o", str(fifo)], bundle, tmp_path)
+        reader.join(timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+        assert received == [reference.read_bytes()], name
+    assert temp_files(tmp_path) == []
+
+
+def test_dev_stdout_and_links_to_it_write_to_standard_output(songs_csv, bundle, tmp_path):
+    expected = reference_csv(bundle, songs_csv, tmp_path)
+    os.symlink("/dev/stdout", tmp_path / "out-link.csv")
+    for output in (str(tmp_path / "out-link.csv"), "/dev/stdout", "/proc/self/fd/1"):
+        result = predict([str(songs_csv), "-o", output], bundle, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == expected, output
+    assert (tmp_path / "out-link.csv").is_symlink()
+    with open(tmp_path / "redirected.csv", "wb") as file:  # `-o /dev/stdout > redirected.csv`
+        assert predict([str(songs_csv), "-o", "/dev/stdout"], bundle, tmp_path, stdout=file,
+                       stderr=subprocess.PIPE).returncode == 0
+    assert (tmp_path / "redirected.csv").read_bytes() == expected
+    assert temp_files(tmp_path) == []
+
+
+@needs_root
+def test_a_character_device_is_written_into_never_replaced(songs_csv, bundle, tmp_path):
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    result = predict([str(songs_csv), "-o", str(null)], bundle, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_ISCHR(os.lstat(null).st_mode) and os.lstat(null).st_rdev == os.makedev(1, 3)
+    assert temp_files(tmp_path) == []
+
+
+def test_a_socket_or_block_device_is_refused(songs_csv, bundle, tmp_path):
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "sock"))
+    try:
+        result = predict([str(songs_csv), "-o", str(tmp_path / "sock")], bundle, tmp_path)
+    finally:
+        server.close()
+    line = one_error_line(result.stderr)
+    assert result.returncode == 1 and "sock" in line and "socket" in line, line
+    assert stat.S_ISSOCK(os.lstat(tmp_path / "sock").st_mode)
+    assert temp_files(tmp_path) == []
+
+
+# --- 2. full disks, failing devices and closed streams ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["full.csv", "full.csv.gz", "full.parquet"])
+def test_a_full_device_is_one_line_and_leaves_nothing(name, songs_csv, bundle, tmp_path):
+    os.symlink("/dev/full", tmp_path / name)
+    result = predict([str(songs_csv), "-o", str(tmp_path / name)], bundle, tmp_path)
+    line = one_error_line(result.stderr)
+    assert result.returncode == 1 and name in line and "No space left on device" in line, line
+    assert (tmp_path / name).is_symlink() and stat.S_ISCHR(os.stat("/dev/full").st_mode)
+    assert temp_files(tmp_path) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 48 KiB file system, filled by a few thousand songs' predictions."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip()})")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@needs_root
+def test_a_full_file_system_is_one_line_and_leaves_nothing(small_disk, bundle, tmp_path):
+    source = tmp_path / "many.csv"
+    synthetic_songs(3000, seed=2).to_csv(source, index=False)
+    for name in ("out.csv", "out.csv.gz", "out.parquet"):
+        result = predict([str(source), "-o", str(small_disk / name), "--chunk-rows", "500"], bundle, tmp_path)
+        line = one_error_line(result.stderr)
+        assert result.returncode == 1 and name in line and "No space left on device" in line, line
+        assert list(small_disk.iterdir()) == []
+
+
+def test_standard_output_on_a_full_device_is_one_line(songs_csv, bundle, tmp_path):
+    with open("/dev/full", "wb") as full:
+        result = predict([str(songs_csv)], bundle, tmp_path, stdout=full, stderr=subprocess.PIPE)
+    line = one_error_line(result.stderr)
+    assert result.returncode == 1 and "standard output" in line and "No space left on device" in line, line
+
+
+@pytest.mark.parametrize("shell, code, expected", [
+    ("exec {predict} - {model} <&-", 3, "standard input is closed"),
+    ("exec {predict} {songs} {model} >&-", 1, "standard output is closed"),
+])
+def test_closed_standard_streams_are_one_line(shell, code, expected, songs_csv, bundle, tmp_path):
+    command = shell.format(predict=" ".join(PREDICT), songs=songs_csv, model=" ".join(model_args(bundle)))
+    result = subprocess.run(["sh", "-c", command], cwd=tmp_path, env=tool_env(PYTHONPATH=str(ROOT)),
+                            capture_output=True, timeout=120)
+    line = one_error_line(result.stderr)
+    assert result.returncode == code and expected in line, line
+
+
 # --- 4. numbers at the edges -------------------------------------------------------------------------------------
 
 
