@@ -30,7 +30,8 @@ EXIT_CODES = """exit codes:
      data, no shards)
   5  bad model bundle or preprocessor (missing, unsafe, or for other features)
   6  the preprocessor is not the one the model was trained with (its sha256 differs from the bundle's)
-  130  interrupted"""
+  130  interrupted (Ctrl-C, SIGINT); no output was left half-written
+  143  terminated (SIGTERM); no output was left half-written"""
 
 
 def read_input(data: bytes, where: str, required: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -160,16 +161,18 @@ def main(argv: list[str] | None = None) -> int:
         raise BundleError(f"{args.model}: no model bundle there (train one with `dvc repro`, or pass --model)")
 
     pool = Pool(settings, args.workers) if args.workers > 1 and args.dask is None else None
+    finished = False
     try:
         if catalogue:
             _predict_shards(args, settings, predictor, pool)
         else:
             predict_stream(args.input, args.output, fmt, predictor, _log, pool)
+        finished = True
     except ReaderGone:  # the reader stopped early (`| head`): not an error of ours
-        pass
+        finished = True
     finally:
         if pool is not None:
-            pool.close()
+            pool.close(wait=finished)
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -35,6 +36,7 @@ from spotify_genre.preprocessor import load_preprocessor, model_inputs
 from spotify_genre.records import Records
 from spotify_genre.schema import TRACK_ID
 from spotify_genre.score_cache import remembering
+from spotify_genre.workers import die_with_parent
 
 DEFAULT_CHUNK_ROWS = 32_768
 MODEL_BATCH_ROWS = 2048  # model.predict_proba's batch_size, so a whole-file run batches the same (a test holds it)
@@ -204,7 +206,8 @@ class InProcess:
 _WORKER: Predictor | None = None  # a pool worker's own
 
 
-def _start_worker(settings: Settings) -> None:
+def _start_worker(settings: Settings, parent: int) -> None:
+    die_with_parent(parent)  # even a SIGKILL of predict leaves no worker (nor the resource tracker) running
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     global _WORKER
     _WORKER = Predictor(settings)
@@ -229,7 +232,7 @@ class Pool:
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_start_worker, initargs=(self.settings,))
+                                                 initializer=_start_worker, initargs=(self.settings, os.getpid()))
         return self._executor
 
     def prepare(self, chunk, with_features: bool) -> Future:
@@ -238,9 +241,11 @@ class Pool:
     def predict(self, features, ids, fmt: str) -> Future:
         return self._pool().submit(_predict_in_worker, features, ids, fmt)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the workers: after their work, or (wait False, after an error or a signal) without waiting for the
+        chunks they are on, whose results no one will write."""
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor.shutdown(wait=wait, cancel_futures=True)
             self._executor = None
 
 

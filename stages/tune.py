@@ -11,13 +11,12 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from spotify_genre.cli import MAX_WORKERS, whole_number
 from spotify_genre.errors import ParamsError, PipelineError, exits_cleanly
+from spotify_genre.workers import die_with_parent
 from spotify_genre.validation import validated
 from stages.dvc_cli import dvc_executable
 from stages.params import PARAMS_FILE, load_params, read_yaml
@@ -29,7 +28,8 @@ EXIT_CODES = """exit codes:
   2  wrong usage, or tuning.yaml or params.yaml refused
   3  no data/processed/ yet (`dvc repro preprocess`), or unreadable
   7  the storage cannot be opened, or holds a study run on another space, params or data
-  130  interrupted (the trial running is marked failed; run again to continue)"""
+  130  interrupted (the trial running is marked failed; run again to continue)
+  143  terminated (SIGTERM), as when interrupted"""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -101,19 +101,10 @@ def _worker(run: Run) -> None:
                 lambda line: _log(f"[worker {run.worker}] {line}"))
 
 
-def _exit_with_parent(parent: int) -> None:
-    """A worker whose `tune` is gone (killed, even with SIGKILL) stops too, rather than run on unseen; its trial's
-    heartbeat then lapses and the next `tune` runs it again."""
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
 def _spawned_worker(run: Run, parent: int) -> None:
-    _exit_with_parent(parent)
+    # A worker whose `tune` is gone (killed, even with SIGKILL) stops too, rather than run on unseen; its trial's
+    # heartbeat then lapses and the next `tune` runs it again.
+    die_with_parent(parent)
     sys.exit(exits_cleanly(_worker)(run))
 
 

@@ -222,6 +222,104 @@ def test_closed_standard_streams_are_one_line(shell, code, expected, songs_csv, 
     assert result.returncode == code and expected in line, line
 
 
+# --- 3. signals --------------------------------------------------------------------------------------------------
+
+
+def _start(args: list[str], bundle, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([*PREDICT, *args, *model_args(bundle)], cwd=cwd, env=tool_env(PYTHONPATH=str(ROOT)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _wait_for(condition, process: subprocess.Popen, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"predict ended first: {process.communicate()}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sent, code, said", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_mid_write_removes_the_temp_file_and_says_so(sent, code, said, big_csv, bundle, tmp_path):
+    process = _start([str(big_csv), "-o", "out.csv", "--chunk-rows", "2048"], bundle, tmp_path)
+    try:
+        _wait_for(lambda: temp_files(tmp_path) and (tmp_path / temp_files(tmp_path)[0]).stat().st_size > 0, process)
+        process.send_signal(sent)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    line = one_error_line(err)
+    assert process.returncode == code and said in line, line
+    assert temp_files(tmp_path) == [] and not (tmp_path / "out.csv").exists()
+
+
+def test_a_temp_file_left_by_sigkill_is_removed_by_the_next_write_to_that_folder(big_csv, songs_csv, bundle,
+                                                                                 tmp_path):
+    process = _start([str(big_csv), "-o", "killed.csv", "--chunk-rows", "2048"], bundle, tmp_path)
+    try:
+        _wait_for(lambda: temp_files(tmp_path), process)
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    left = temp_files(tmp_path)
+    assert left and all(name.startswith(".killed.csv.") for name in left)
+    live = tmp_path / f".report.json.{os.getpid()}.a1b2c3d4.tmp"  # a live writer's, of another target
+    live.write_text("{}")
+
+    assert predict([str(songs_csv), "-o", "other.csv"], bundle, tmp_path).returncode == 0
+    assert temp_files(tmp_path) == [live.name]
+
+
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except FileNotFoundError:
+            continue
+        for child in map(int, children):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def test_predict_workers_and_the_resource_tracker_die_with_their_parent(big_csv, bundle, tmp_path):
+    process = _start([str(big_csv), "-o", "out.csv", "--chunk-rows", "1000", "--workers", "2"], bundle, tmp_path)
+    children: set[int] = set()
+    try:
+        def started() -> bool:
+            children.update(_descendants(process.pid))
+            spawned = [pid for pid in children if _running(pid)
+                       and b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            return len(spawned) >= 2
+
+        _wait_for(started, process)
+        children.update(_descendants(process.pid))
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
+        deadline = time.monotonic() + 20
+        while any(_running(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in children if _running(pid)]
+    finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 # --- 4. numbers at the edges -------------------------------------------------------------------------------------
 
 
