@@ -514,3 +514,33 @@ def test_a_huge_value_in_the_search_space_is_quoted_by_a_bounded_prefix(tmp_path
     code = tune.main(["--report"])
     line = one_error_line(capsys.readouterr().err)
     assert code == 2 and len(line) < 500, line[:300]
+
+
+# --- 6. arguments that are not what they seem --------------------------------------------------------------------
+
+
+def test_tune_space_naming_a_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    folder = _tune_folder(tmp_path)
+    (folder / "spaces").mkdir()
+    monkeypatch.chdir(folder)
+    code = tune.main(["--space", "spaces", "--report"])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2 and "spaces" in line and "folder" in line, line
+
+
+@pytest.mark.parametrize("url, secret, expected", [
+    ("postgresql://tuner:s3cret@db.example:notaport/optuna", "s3cret", "the port is not a number"),
+    ("postgresql://tuner:s3cret@127.0.0.1:99999/optuna", "s3cret", "port 99999"),
+    ("postgresql://tuner:s3cr@t-pw@127.0.0.1:1/optuna", "s3cr@t-pw", "'@'"),
+    ("mysql+pymysql://tuner:p4@55w0rd@127.0.0.1:3306/optuna", "p4@55w0rd", "'@'"),
+])
+def test_storage_urls_that_are_not_what_they_seem_are_one_line_and_never_show_the_password(
+        url, secret, expected, tmp_path, monkeypatch, capsys):
+    folder = _tune_folder(tmp_path)
+    monkeypatch.chdir(folder)
+    code = tune.main(["--storage", url, "--report"])
+    out, err = capsys.readouterr()
+    line = one_error_line(err)
+    assert code == 7 and line.startswith("error: --storage ") and expected in line, line
+    for part in {secret, *secret.split("@")}:
+        assert part not in out + err, line
