@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from pipeline.params import Params, parse_params, read_yaml, with_values
-from spotify_genre.errors import ParamsError
-from spotify_genre.validation import NonNegativeInt, PositiveInt, Strict, validated
+from spotify_genre.errors import ParamsError, quoted
+from spotify_genre.validation import NonNegativeInt, PositiveInt, Seed, Strict, validated
 
 TUNING_FILE = Path("tuning.yaml")
 TUNED_ROOTS = ("lr", "momentum", "batch_size", "train")  # what changes a fit on data/processed/, and nothing before it
@@ -41,10 +41,10 @@ class PrunerSettings(Strict):
 
 class TuningSettings(Strict):
     study: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
-    trials: PositiveInt
-    seed: NonNegativeInt
+    trials: Annotated[int, Field(ge=1, le=1_000_000)]
+    seed: Seed
     storage: Annotated[str, Field(min_length=1)]
-    heartbeat_seconds: PositiveInt
+    heartbeat_seconds: Annotated[int, Field(ge=1, le=3600)]
     pruner: PrunerSettings
     space: Annotated[dict[str, dict[str, Any]], Field(min_length=1)]  # each checked by search_space()
 
@@ -126,7 +126,7 @@ def _dimension(name: str, spec: RangeSpec | ChoiceSpec, current: Any, where: str
             raise ParamsError(f"{where}: a choice is listed twice")
         return Dimension(name, "choice", choices=tuple(spec.choices))
     if isinstance(current, bool) or not isinstance(current, (int, float)):
-        raise ParamsError(f"{where}: params.yaml holds {current!r} there, not a number: give {{choices: [...]}}")
+        raise ParamsError(f"{where}: params.yaml holds {quoted(current)} there, not a number: give {{choices: [...]}}")
     kind = "int" if isinstance(current, int) else "float"
     low, high, step = spec.low, spec.high, spec.step
     if kind == "int" and not all(isinstance(v, int) for v in (low, high, step or 1)):
@@ -151,7 +151,7 @@ def _dimension(name: str, spec: RangeSpec | ChoiceSpec, current: Any, where: str
 
 def _extremes(dimension: Dimension) -> list[tuple[str, Any]]:
     if dimension.kind == "choice":
-        return [(f"choice {choice!r}", choice) for choice in dimension.choices]
+        return [(f"choice {quoted(choice)}", choice) for choice in dimension.choices]
     return [(f"low {dimension.low}", dimension.low), (f"high {dimension.high}", dimension.high)]
 
 

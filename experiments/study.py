@@ -25,7 +25,7 @@ from experiments.space import SearchSpace, TuningSettings, trial_params
 from pipeline.artifacts import ProcessedSplit, processed_path, read_processed_splits
 from pipeline.mlp_fitting import EpochMetrics, train_model
 from pipeline.params import with_values
-from spotify_genre.errors import PipelineError
+from spotify_genre.errors import PipelineError, bounded
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 HELD = (*FINISHED, TrialState.RUNNING)  # a trial that counts towards the planned total
@@ -43,14 +43,21 @@ class SurplusTrial(Exception):
     """Asked for by a worker after another had already taken the study's last planned trial."""
 
 
-def shown_url(url: str) -> str:
-    """A storage URL safe to print: its password masked."""
-    from sqlalchemy.engine import make_url
+def _credentials(url: str) -> tuple[str, str, str] | None:
+    """(what comes before the password, the password, what follows it), or None where the URL has no password.
+    The credentials end at the URL's last '@', so a password that holds an '@' unescaped is masked whole."""
+    scheme, separator, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not separator or at < 0:
+        return None
+    user, colon, password = rest[:at].partition(":")
+    return (f"{scheme}://{user}:", password, rest[at:]) if colon else None
 
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL at all: it has no password to hide, but may be garbage; show its scheme only
-        return url.split("://", 1)[0] + "://…" if "://" in url else url
+
+def shown_url(url: str) -> str:
+    """A storage URL safe to print: its password masked, however it is written."""
+    parts = _credentials(url)
+    return bounded(url if parts is None else f"{parts[0]}***{parts[2]}", 300)
 
 
 def open_storage(url: str, heartbeat_seconds: int) -> optuna.storages.RDBStorage:
@@ -60,11 +67,19 @@ def open_storage(url: str, heartbeat_seconds: int) -> optuna.storages.RDBStorage
     from sqlalchemy.exc import ArgumentError, IntegrityError
 
     shown = shown_url(url)
+    rest = url.partition("://")[2]
+    if "@" in rest[:max(rest.rfind("@"), 0)]:
+        raise StorageError(f"--storage {shown}: the user or password holds an '@'; write it as %40 (URL-encoded)")
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise StorageError(f"--storage {shown}: not a database URL (expected e.g. sqlite:///tuning/optuna.db or "
                            "postgresql://user@host/db)") from None
+    except ValueError:  # sqlalchemy reads the port with int()
+        raise StorageError(f"--storage {shown}: the port is not a number (expected e.g. "
+                           "postgresql://user@host:5432/db)") from None
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise StorageError(f"--storage {shown}: port {parsed.port} is out of range (1 to 65535)")
     engine_kwargs = {}
     if parsed.get_backend_name() == "sqlite":
         folder = Path(parsed.database or ".").parent

@@ -12,8 +12,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from pipeline.params import PARAMS_FILE, load_params, read_yaml
 from pipeline.tools import dvc_executable
 from spotify_genre.errors import ParamsError, PipelineError, exits_cleanly
 from spotify_genre.validation import whole_number
+from spotify_genre.workers import MAX_WORKERS, die_with_parent
 from spotify_genre.validation import validated
 
 EXIT_CODES = """exit codes:
@@ -30,7 +29,8 @@ EXIT_CODES = """exit codes:
   2  wrong usage, or tuning.yaml or params.yaml refused
   3  no data/processed/ yet (`dvc repro preprocess`), or unreadable
   7  the storage cannot be opened, or holds a study run on another space, params or data
-  130  interrupted (the trial running is marked failed; run again to continue)"""
+  130  interrupted (the trial running is marked failed; run again to continue)
+  143  terminated (SIGTERM), as when interrupted"""
 
 
 def _description() -> str:
@@ -46,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--trials", type=whole_number(1), metavar="N",
                       help="the study's planned total of finished trials (default: tuning.yaml's); a restarted "
                            "run does only what is left")
-    tune.add_argument("--workers", type=whole_number(1), metavar="N", default=1,
+    tune.add_argument("--workers", type=whole_number(1, MAX_WORKERS), metavar="N", default=1,
                       help="worker processes on this machine, sharing the study (default 1)")
     tune.add_argument("--storage", metavar="URL",
                       help="the study's database (default: tuning.yaml's, a SQLite file under tuning/); a "
@@ -108,19 +108,10 @@ def _worker(run: Run) -> None:
                 lambda line: _log(f"[worker {run.worker}] {line}"))
 
 
-def _exit_with_parent(parent: int) -> None:
-    """A worker whose `tune` is gone (killed, even with SIGKILL) stops too, rather than run on unseen; its trial's
-    heartbeat then lapses and the next `tune` runs it again."""
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
 def _spawned_worker(run: Run, parent: int) -> None:
-    _exit_with_parent(parent)
+    # A worker whose `tune` is gone (killed, even with SIGKILL) stops too, rather than run on unseen; its trial's
+    # heartbeat then lapses and the next `tune` runs it again.
+    die_with_parent(parent)
     sys.exit(exits_cleanly(_worker)(run))
 
 

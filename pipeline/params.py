@@ -10,14 +10,22 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from spotify_genre.errors import ParamsError
+from spotify_genre.errors import ParamsError, bounded, quoted
 from spotify_genre.songs.features import CANDIDATE_FEATURES, CATEGORICAL_FEATURES, ID_FIELDS, TEXT_FIELDS
 from spotify_genre.songs.schema import PLAYLIST_FIELDS
-from spotify_genre.validation import NonNegativeInt, PositiveInt, Sha256, Strict, validated
+from spotify_genre.validation import NonNegativeInt, PositiveInt, Seed, Sha256, Strict, validated
 
 PARAMS_FILE = Path("params.yaml")
 
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+# Counts that size an allocation, a loop or a C integer are bounded, so that a typo of a few zeros is one line here
+# rather than an allocation failure, an OverflowError or days of work later.
+Epochs = Annotated[int, Field(ge=1, le=100_000)]
+EpochCount = Annotated[int, Field(ge=0, le=100_000)]
+MAX_LAYER_WIDTH = 8192
+MAX_HIDDEN_WEIGHTS = 1 << 28  # between hidden layers, over every member: 1 GiB of float32, and as much again per
+# copy the optimizer keeps
+LayerWidth = Annotated[int, Field(ge=1, le=MAX_LAYER_WIDTH)]
 
 
 class DataParams(Strict):
@@ -29,14 +37,14 @@ class DataParams(Strict):
     sha256: Sha256 | None
     timeout_s: Annotated[float, Field(gt=0.0, le=600.0)]
     retries: Annotated[int, Field(ge=0, le=10)]
-    synthetic_rows: Annotated[int, Field(ge=60)]
-    synthetic_seed: NonNegativeInt
+    synthetic_rows: Annotated[int, Field(ge=60, le=10_000_000)]
+    synthetic_seed: Seed
 
 
 class SplitParams(Strict):
     val_size: Fraction
     test_size: Fraction
-    seed: NonNegativeInt
+    seed: Seed
     missing: Literal["drop", "impute"]
     group_by: Literal["track_id", "track_artist"]
 
@@ -49,7 +57,7 @@ class SplitParams(Strict):
 
 class SelectParams(Strict):
     candidates: Annotated[list[str], Field(min_length=1)]
-    k: PositiveInt | None
+    k: Annotated[int, Field(ge=1, le=1000)] | None
     max_p_value: Annotated[float, Field(gt=0.0, le=1.0)]
     min_eta_squared: Annotated[float, Field(ge=0.0, lt=1.0)]
 
@@ -58,10 +66,10 @@ class SelectParams(Strict):
     def _known_and_safe(cls, candidates: list[str]) -> list[str]:
         for name in candidates:
             if name in PLAYLIST_FIELDS:
-                raise ValueError(f"{name!r} is a playlist field: it determines the genre and must never be a "
+                raise ValueError(f"{quoted(name)} is a playlist field: it determines the genre and must never be a "
                                  "model input")
             if name not in CANDIDATE_FEATURES:
-                raise ValueError(f"unknown feature {name!r}; candidates are {', '.join(CANDIDATE_FEATURES)}")
+                raise ValueError(f"unknown feature {quoted(name)}; candidates are {', '.join(CANDIDATE_FEATURES)}")
         if len(set(candidates)) != len(candidates):
             raise ValueError("a feature is listed twice")
         return candidates
@@ -71,10 +79,10 @@ def known_fields(fields: list[str], known: tuple[str, ...] = TEXT_FIELDS, kind: 
     """Song fields a model may read: known, distinct, and never a playlist field."""
     for name in fields:
         if name in PLAYLIST_FIELDS:
-            raise ValueError(f"{name!r} is a playlist field: it determines the genre and must never be a "
+            raise ValueError(f"{quoted(name)} is a playlist field: it determines the genre and must never be a "
                              "model input")
         if name not in known:
-            raise ValueError(f"unknown {kind} field {name!r}; {kind} fields are {', '.join(known)}")
+            raise ValueError(f"unknown {kind} field {quoted(name)}; {kind} fields are {', '.join(known)}")
     if len(set(fields)) != len(fields):
         raise ValueError("a field is listed twice")
     return fields
@@ -123,7 +131,7 @@ class PreprocessParams(Strict):
     def _known_numeric(cls, names: list[str]) -> list[str]:
         for name in names:
             if name not in CANDIDATE_FEATURES or name in CATEGORICAL_FEATURES:
-                raise ValueError(f"{name!r} is not a numeric candidate feature")
+                raise ValueError(f"{quoted(name)} is not a numeric candidate feature")
         return names
 
 
@@ -154,26 +162,35 @@ class TextEncoderParams(Strict):
 
 
 class TrainParams(Strict):
-    max_epochs: PositiveInt
-    patience: PositiveInt
+    max_epochs: Epochs
+    patience: Epochs
     min_delta: Annotated[float, Field(ge=0.0)]
     optimizer: Literal["sgd", "adamw"]
     weight_decay: Annotated[float, Field(ge=0.0)]
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)]
     subgenre_weight: Annotated[float, Field(ge=0.0, le=100.0)]
-    hidden_sizes: Annotated[list[PositiveInt], Field(min_length=1)]
+    hidden_sizes: Annotated[list[LayerWidth], Field(min_length=1, max_length=16)]
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
     members: Annotated[int, Field(ge=1, le=64)]
     embedding: EmbeddingParams
     text_encoder: TextEncoderParams
     schedule: Literal["plateau", "cosine", "step", "none"]
-    warmup_epochs: NonNegativeInt
-    step_size: PositiveInt
+    warmup_epochs: EpochCount
+    step_size: Epochs
     gamma: Annotated[float, Field(gt=0.0, le=1.0)]
-    plateau_patience: NonNegativeInt
-    seed: NonNegativeInt
+    plateau_patience: EpochCount
+    seed: Seed
     device: Literal["auto", "cpu", "cuda"]
-    threads: PositiveInt
+    threads: Annotated[int, Field(ge=1, le=1024)]
+
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> TrainParams:
+        sizes = self.hidden_sizes
+        weights = self.members * sum(a * b for a, b in zip(sizes, sizes[1:]))
+        if weights > MAX_HIDDEN_WEIGHTS:
+            raise ValueError(f"hidden_sizes {quoted(sizes)} with {self.members} members: {weights:,} weights between "
+                             f"hidden layers; at most {MAX_HIDDEN_WEIGHTS:,}")
+        return self
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainParams:
@@ -197,7 +214,7 @@ class LightGBMParams(Strict):
     target: PeerTarget
     learning_rate: LearningRate
     num_leaves: Annotated[int, Field(ge=2, le=131_072)]
-    min_data_in_leaf: PositiveInt
+    min_data_in_leaf: Annotated[int, Field(ge=1, le=1_000_000)]
     feature_fraction: SampleFraction
     bagging_fraction: SampleFraction
     lambda_l2: Annotated[float, Field(ge=0.0, le=1.0e6)]
@@ -222,7 +239,7 @@ BaselineName = Literal["majority", "hist_gradient_boosting", "lightgbm", "xgboos
 
 class BaselinesParams(Strict):
     models: list[BaselineName]
-    seed: NonNegativeInt
+    seed: Seed
     rf_trees: Annotated[int, Field(ge=1, le=2000)]
     threads: Annotated[int, Field(ge=1, le=256)]
     max_train_rows: PositiveInt | None
@@ -240,7 +257,7 @@ class BaselinesParams(Strict):
 class BootstrapParams(Strict):
     resamples: Annotated[int, Field(ge=100, le=100_000)]
     confidence: Fraction
-    seed: NonNegativeInt
+    seed: Seed
 
 
 class EvaluateParams(Strict):
@@ -250,7 +267,7 @@ class EvaluateParams(Strict):
 class Params(Strict):
     lr: Annotated[float, Field(gt=0.0, le=10.0)]
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)]
-    batch_size: PositiveInt
+    batch_size: Annotated[int, Field(ge=1, le=1 << 20)]
     data: DataParams
     split: SplitParams
     select: SelectParams
@@ -273,23 +290,52 @@ def parse_params(raw: object, source: str = "params.yaml") -> Params:
     return validated(Params, raw, source, ParamsError)
 
 
+class AliasRefused(yaml.YAMLError):
+    """A YAML alias (`*name`): refused where it is met, before anything is expanded."""
+
+    def __init__(self, mark):
+        super().__init__()
+        self.problem_mark = mark
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing aliases: ten nested lists of ten aliases each are 10**10 values once expanded
+    (a "billion laughs"), which the loader does not do, but dumping or copying the settings would."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise AliasRefused(self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
 def read_yaml(path: str | os.PathLike, what: str = "") -> Any:
-    """A YAML file's content, or one ParamsError line: missing (with `what` it is for), not UTF-8, or where its
-    syntax breaks."""
+    """A YAML file's content, or one ParamsError line: missing (with `what` it is for), a folder, unreadable, not
+    UTF-8, holding an alias, or where its syntax breaks."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found ({what + '; ' if what else ''}run from the repository root)") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a folder; expected a YAML file{' (' + what + ')' if what else ''}") from None
     except UnicodeDecodeError:
         raise ParamsError(f"{path}: not UTF-8 text") from None
+    except OSError as error:
+        raise ParamsError(f"{path}: cannot be read ({error.strerror or error})") from None
+    loader = _NoAliasLoader(text)  # what yaml.safe_load does, with the safe loader that refuses aliases
     try:
-        return yaml.safe_load(text)
+        return loader.get_single_data()
+    except AliasRefused as error:
+        mark = error.problem_mark
+        raise ParamsError(f"{path}: line {mark.line + 1}, column {mark.column + 1}: a YAML alias (*name); aliases "
+                          "are refused, as one can expand to billions of values: write the value out") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or "invalid YAML"
-        raise ParamsError(f"{path}: YAML syntax error{where}: {problem}") from None
+        raise ParamsError(f"{path}: YAML syntax error{where}: {bounded(problem, 200)}") from None
+    finally:
+        loader.dispose()
 
 
 def load_params(path: str | os.PathLike = PARAMS_FILE) -> Params:

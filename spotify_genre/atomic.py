@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import re
@@ -22,25 +21,33 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _remove_leftovers(target: Path) -> None:
-    """Delete the temporary files of earlier writes of `target` by processes that were killed (SIGKILL) mid-write."""
-    name = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[^.]+\.tmp")
-    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
-        found = name.fullmatch(leftover.name)
+# `.<name>.<pid>.<random>.tmp`: what atomic_path names its temporary files (mkstemp's random part is 8 characters).
+LEFTOVER = re.compile(r"\..+\.(\d+)\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that writes into `folder` by processes now dead (killed by SIGKILL mid-write, or
+    by a power cut) left there, whatever their target; a live writer's file is spared. Returns what was deleted."""
+    removed = []
+    for leftover in Path(folder).glob(".*.tmp"):
+        found = LEFTOVER.fullmatch(leftover.name)
         if found and int(found[1]) != os.getpid() and not _alive(int(found[1])):
-            leftover.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # gone already, or not ours to delete
+                leftover.unlink()
+                removed.append(leftover)
+    return removed
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto `path` only if the block succeeds.
 
-    The temporary file is named `.<name>.<pid>.<random>.tmp`, so that a later write of the same target can tell
-    the leftovers of a killed writer from a live writer's file.
+    The temporary file is named `.<name>.<pid>.<random>.tmp`, so that a later write of any target in the same
+    folder can tell the leftovers of a killed writer from a live writer's file, and removes them.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(target)
+    remove_leftovers(target.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)

@@ -16,35 +16,45 @@ from typing import Annotated, Any, Callable, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from spotify_genre.errors import PipelineError
+from spotify_genre.errors import QUOTED_CHARACTERS, PipelineError, bounded, quoted
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 Sha256 = Annotated[str, Field(pattern=SHA256_PATTERN)]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what numpy's legacy RandomState and scikit-learn accept
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Positive = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 Model = TypeVar("Model", bound=BaseModel)
+MESSAGE_CHARACTERS = 300  # of a validator's own message, which may quote the value
 
 
 class Strict(BaseModel):
-    """Unknown keys, coercions (the string "1" for 1, 1 for True) and later mutation are all refused."""
+    """Unknown keys, coercions (the string "1" for 1, 1 for True), infinities and NaN where a float is expected, and
+    later mutation are all refused."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+def _key(part: Any) -> str:
+    """One part of a key's dotted path, a huge key name cut short."""
+    text = str(part)
+    return text if len(text) <= QUOTED_CHARACTERS else quoted(text)
 
 
 def describe(error: ValidationError, source: str) -> str:
     """The first problem as `source: dotted.key: message`, and how many more there are."""
-    first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = re.sub(r"^Value error, ", "", first["msg"])
+    problems = error.errors(include_url=False, include_context=False)
+    first = problems[0]
+    key = ".".join(_key(part) for part in first["loc"]) or "(top level)"
+    message = bounded(re.sub(r"^Value error, ", "", first["msg"]), MESSAGE_CHARACTERS)
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     elif first["type"] == "missing":
         message = "missing key"
     elif "input" in first and not isinstance(first["input"], (dict, list)):
-        message += f" (got {first['input']!r})"
-    more = len(error.errors()) - 1
+        message += f" (got {quoted(first['input'])})"
+    more = len(problems) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     return f"{source}: {key}: {message}{suffix}"
 
@@ -93,15 +103,17 @@ def read_json(path: str | os.PathLike, error: type[PipelineError], missing: str,
     return parse_json(read_bytes(path, error, f"not found; {missing}"), path, error, invalid)
 
 
-def whole_number(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least `minimum`, or argparse's one-line usage error."""
+def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from `minimum` to `maximum`, or argparse's one-line usage error."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {quoted(text)}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected {minimum} or more, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"expected {minimum} to {maximum:,}, got {quoted(value)}")
         return value
 
     return parse

@@ -20,7 +20,7 @@ from pydantic import ConfigDict, Field, model_validator
 from torch import nn
 
 from spotify_genre.atomic import write_with
-from spotify_genre.errors import BundleError, PreprocessorMismatch
+from spotify_genre.errors import BundleError, PreprocessorMismatch, quoted
 from spotify_genre.model.network import build_mlp
 from spotify_genre.validation import NonNegativeInt, Positive, PositiveInt, Sha256, Strict, validated
 
@@ -203,7 +203,7 @@ def load_bundle(path: str | os.PathLike, *, feature_names: Sequence[str] | None 
     if not isinstance(raw, dict) or "format" not in raw:
         raise BundleError(f"{path}: not a model bundle (no format version)")
     if raw["format"] != BUNDLE_FORMAT:
-        raise BundleError(f"{path}: bundle format {raw['format']!r}, but this version reads format {BUNDLE_FORMAT} "
+        raise BundleError(f"{path}: bundle format {quoted(raw['format'])}, but this version reads format {BUNDLE_FORMAT} "
                           "(retrain with `dvc repro train`)")
     bundle = validated(BundleFile, raw, f"{path}: not a valid model bundle", BundleError)
     if preprocessor_sha256 is not None and bundle.preprocessor.sha256 != preprocessor_sha256:

@@ -13,12 +13,13 @@ from typing import NoReturn
 
 import pandas as pd
 
-from spotify_genre.errors import BundleError, ParamsError, exits_cleanly
+from spotify_genre.errors import BundleError, ParamsError, exits_cleanly, quoted
 from spotify_genre.predict.predictor import DEFAULT_CHUNK_ROWS, Pool, Predictor, Settings, predict_stream
 from spotify_genre.predict.shards import claim, find_shards, is_catalogue, pending
 from spotify_genre.predict.sinks import FORMATS, ReaderGone, output_format
 from spotify_genre.songs.csv_reader import STDIO, read_csv_bytes, required_columns
 from spotify_genre.validation import whole_number
+from spotify_genre.workers import MAX_WORKERS
 
 DEFAULT_MODEL = "models/model.pt"
 DEFAULT_PREPROCESSOR = "models/preprocessor.json"
@@ -27,11 +28,14 @@ __all__ = ["main", "read_input", "required_columns", "run"]
 EXIT_CODES = """exit codes:
   0  predictions written
   1  the output could not be written
-  2  wrong usage (unknown option, --top-k out of range, an output extension of no known format)
-  3  bad input data (unreadable file, missing column, invalid value, corrupt compressed data, no shards)
+  2  wrong usage (unknown option, --top-k out of range, an output extension of no known format, an output that
+     is the input)
+  3  bad input data (unreadable file or closed standard input, missing column, invalid value, corrupt compressed
+     data, no shards)
   5  bad model bundle or preprocessor (missing, unsafe, or for other features)
   6  the preprocessor is not the one the model was trained with (its sha256 differs from the bundle's)
-  130  interrupted"""
+  130  interrupted (Ctrl-C, SIGINT); no output was left half-written
+  143  terminated (SIGTERM); no output was left half-written"""
 
 
 def read_input(data: bytes, where: str, required: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -69,10 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--skip-invalid", action="store_true",
                          help="leave out rows with missing or invalid values (each listed on stderr) instead of "
                               "stopping at the first")
-    predict.add_argument("--chunk-rows", metavar="N", type=_positive, default=DEFAULT_CHUNK_ROWS,
-                         help=f"songs read, checked and predicted at a time (default {DEFAULT_CHUNK_ROWS:,}); "
-                              "the output is the same whatever N")
-    predict.add_argument("--workers", metavar="N", type=_positive, default=1,
+    predict.add_argument("--chunk-rows", metavar="N", type=whole_number(1, MAX_CHUNK_ROWS), default=DEFAULT_CHUNK_ROWS,
+                         help=f"songs read, checked and predicted at a time (default {DEFAULT_CHUNK_ROWS:,}, at most "
+                              f"{MAX_CHUNK_ROWS:,}); the output is the same whatever N")
+    predict.add_argument("--workers", metavar="N", type=whole_number(1, MAX_WORKERS), default=1,
                          help="worker processes for an input of more than one chunk (default 1: this process, "
                               "which runs the model on a second thread and so uses two cores); each holds its own "
                               "model and chunks, about 0.5 GB")
@@ -91,6 +95,7 @@ TUNE_ELSEWHERE = ("spotify-genre tune: tuning trains on a clone's pipeline, so i
                   "experiments.tune` (or `make tune`) from the root of a clone, with the tune extra (docs/tuning.md)")
 
 
+MAX_CHUNK_ROWS = 1 << 20  # a chunk's songs are held several times over in memory: 1 GB and more at this size
 _positive = whole_number(1)
 
 
@@ -141,16 +146,18 @@ def main(argv: list[str] | None = None) -> int:
         raise BundleError(f"{args.model}: no model bundle there (train one with `dvc repro`, or pass --model)")
 
     pool = Pool(settings, args.workers) if args.workers > 1 and args.dask is None else None
+    finished = False
     try:
         if catalogue:
             _predict_shards(args, settings, predictor, pool)
         else:
             predict_stream(args.input, args.output, fmt, predictor, _log, pool)
+        finished = True
     except ReaderGone:  # the reader stopped early (`| head`): not an error of ours
-        pass
+        finished = True
     finally:
         if pool is not None:
-            pool.close()
+            pool.close(wait=finished)
     return 0
 
 
@@ -178,11 +185,12 @@ def run() -> NoReturn:
     most of it torch's) would do nothing a finished run needs."""
     _keep_freed_memory()
     code = main()
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BrokenPipeError:  # the reader stopped early (`| head`)
-        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:  # None: closed when the command started
+                stream.flush()
+        except OSError:  # the reader stopped early (`| head`); a full disk was said by main()
+            pass
     os._exit(code)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -25,7 +26,7 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from spotify_genre.errors import BundleError, DataError
+from spotify_genre.errors import BundleError, DataError, quoted
 from spotify_genre.predict.sinks import open_sink, render
 from spotify_genre.predict.table import prediction_table
 from spotify_genre.preprocessing.novelty import COLUMN as NOVELTY
@@ -38,6 +39,7 @@ from spotify_genre.songs.features import with_characters
 from spotify_genre.songs.parquet_reader import open_parquet, parquet_batches, parse_parquet
 from spotify_genre.songs.records import Records
 from spotify_genre.songs.schema import TRACK_ID
+from spotify_genre.workers import die_with_parent
 
 DEFAULT_CHUNK_ROWS = 32_768
 MODEL_BATCH_ROWS = 2048  # model.predict_proba's batch_size, so a whole-file run batches the same (a test holds it)
@@ -78,6 +80,7 @@ class CsvChunk:
 class ParquetChunk:
     batch: object  # pyarrow.RecordBatch
     first_row: int
+    where: str
 
 
 @dataclass
@@ -95,7 +98,7 @@ def describe(cell) -> str:
     value = cell.value
     if isinstance(value, (float, np.floating)):
         value = int(value) if float(value).is_integer() else float(value)
-    shown = "" if pd.isna(value) else f" {value!r}:"
+    shown = "" if pd.isna(value) else f" {quoted(value)}:"
     return f"{place(int(cell.row), int(cell.line))}, column {cell.column!r}:{shown} {cell.reason}"
 
 
@@ -121,7 +124,7 @@ class Predictor:
         if isinstance(chunk, CsvChunk):
             songs = parse_csv(chunk.header, chunk.records, chunk.where, self.required)
         else:
-            songs = parse_parquet(chunk.batch, chunk.first_row, self.required)
+            songs = parse_parquet(chunk.batch, chunk.first_row, self.required, chunk.where)
         return self._valid(songs, with_features)
 
     def _valid(self, songs: Songs, with_features: bool) -> Prepared:
@@ -214,7 +217,8 @@ class InProcess:
 _WORKER: Predictor | None = None  # a pool worker's own
 
 
-def _start_worker(settings: Settings) -> None:
+def _start_worker(settings: Settings, parent: int) -> None:
+    die_with_parent(parent)  # even a SIGKILL of predict leaves no worker (nor the resource tracker) running
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     global _WORKER
     _WORKER = Predictor(settings)
@@ -239,7 +243,7 @@ class Pool:
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_start_worker, initargs=(self.settings,))
+                                                 initializer=_start_worker, initargs=(self.settings, os.getpid()))
         return self._executor
 
     def prepare(self, chunk, with_features: bool) -> Future:
@@ -248,9 +252,11 @@ class Pool:
     def predict(self, features, ids, fmt: str) -> Future:
         return self._pool().submit(_predict_in_worker, features, ids, fmt)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the workers: after their work, or (wait False, after an error or a signal) without waiting for the
+        chunks they are on, whose results no one will write."""
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor.shutdown(wait=wait, cancel_futures=True)
             self._executor = None
 
 
@@ -297,7 +303,7 @@ def _chunks(kind: str, stream, source: str, where: str, required: tuple[str, ...
         return
     parquet, columns = open_parquet(source, where, required)
     for batch, first_row in parquet_batches(parquet, columns, where, rows):
-        yield ParquetChunk(batch, first_row)
+        yield ParquetChunk(batch, first_row, where)
 
 
 def predict_stream(source: str, target: str, fmt: str, predictor: Predictor, log: Callable[[str], None],
@@ -313,7 +319,7 @@ def predict_stream(source: str, target: str, fmt: str, predictor: Predictor, log
         second = next(chunks, None)
         runner = pool if pool is not None and second is not None else InProcess(predictor, early=second is not None)
         try:
-            with open_sink(target, fmt) as sink:
+            with open_sink(target, fmt, source) as sink:
                 return _run(_again(first, second, chunks), runner, sink, fmt, settings, where, log)
         finally:
             if runner is not pool:

@@ -122,10 +122,15 @@ def open_csv_stream(source: str, where: str) -> Iterator[tuple[str, IO[bytes] | 
     """(CSV, the decompressed byte stream) for a CSV file or standard input, or (PARQUET, None) for a Parquet
     file; unreadable or missing files are a DataError."""
     if source == STDIO:
+        if sys.stdin is None:  # closed when the command started (`<&-`)
+            raise DataError(f"{where}: standard input is closed; pass a file, or pipe or redirect the songs in")
         stdin = sys.stdin.buffer
         if not hasattr(stdin, "peek"):
             stdin = io.BufferedReader(stdin)
-        start = stdin.peek(8)[:8]
+        try:
+            start = stdin.peek(8)[:8]
+        except OSError as error:
+            raise DataError(f"{where}: cannot be read ({error.strerror or error})") from None
         kind, compression = _kind(start, "", where)
         if kind == PARQUET:
             raise DataError(f"{where}: Parquet cannot be read from standard input (it is read from its end); "

@@ -94,8 +94,8 @@ def _arrow_column(values, name: str) -> np.ndarray | pd.Series:
 
     if pa.types.is_dictionary(values.type):
         values = values.dictionary_decode()
-    if BY_NAME[name].numeric:
-        return values.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    if BY_NAME[name].numeric:  # as a CSV's digits are read: to the nearest double (2**63 - 1 is 2.0**63), range-checked
+        return values.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
     if pa.types.is_date(values.type):
         values = pc.strftime(values.cast(pa.date32()), format="%Y-%m-%d")
     elif not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
@@ -105,9 +105,20 @@ def _arrow_column(values, name: str) -> np.ndarray | pd.Series:
     return pd.Series(values.to_pandas(), dtype="object").astype("str")
 
 
-def parse_parquet(batch, first_row: int, required: tuple[str, ...]) -> Songs:
+def parse_parquet(batch, first_row: int, required: tuple[str, ...], where: str = "<parquet>") -> Songs:
     """The songs of one record batch, as read_songs would give the same songs from a CSV."""
-    frame = pd.DataFrame({name: _arrow_column(batch.column(name), name) for name in batch.schema.names})
+    import pyarrow as pa
+
+    columns = {}
+    for name in batch.schema.names:
+        try:
+            columns[name] = _arrow_column(batch.column(name), name)
+        except (pa.ArrowException, OverflowError, ValueError) as error:  # a date64 far beyond year 9999, ...
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise DataError(f"{where}: column {name!r}, rows {first_row + 1} to {first_row + batch.num_rows}: "
+                            f"a value out of range for {batch.schema.field(name).type} ({reason[:160]})"
+                            ) from None
+    frame = pd.DataFrame(columns)
     problems = cell_problems(frame, required, None)
     problems = problems.assign(row=problems["row"].to_numpy() + first_row, line=0)
     return Songs(frame, problems[PROBLEM_COLUMNS], first_row)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import csv
 import io
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
-from spotify_genre.errors import DataError
+from spotify_genre.errors import DataError, quoted
 
 GENRES = ("edm", "latin", "pop", "r&b", "rap", "rock")
 LABEL = "playlist_genre"
@@ -20,6 +21,7 @@ RELEASE_DATE = "track_album_release_date"
 SUBGENRE_FIELD = "playlist_subgenre"  # a finer label than LABEL (pipeline/subgenres.py), never an input
 PLAYLIST_FIELDS = ("playlist_name", "playlist_id", SUBGENRE_FIELD)
 RELEASE_DATE_PATTERN = r"^\d{4}(-\d{2}(-\d{2})?)?$"
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
 @dataclass(frozen=True)
@@ -88,15 +90,15 @@ def check_columns(names: list[str], required: tuple[str, ...], where: str, *, al
     no other with `allow_extra` False; a DataError naming the first problem."""
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
-        raise DataError(f"{where}: column {duplicated[0]!r} appears more than once" + (" in the header" if in_header
-                                                                                      else ""))
+        where_found = " in the header" if in_header else ""
+        raise DataError(f"{where}: column {quoted(duplicated[0])} appears more than once{where_found}")
     missing = [name for name in required if name not in names]
     extra = [name for name in names if name not in BY_NAME]
     if missing:
-        hint = f" (found unexpected {extra[0]!r}: renamed?)" if extra else ""
+        hint = f" (found unexpected {quoted(extra[0])}: renamed?)" if extra else ""
         raise DataError(f"{where}: missing column {missing[0]!r}{hint}")
     if extra and not allow_extra:
-        raise DataError(f"{where}: unexpected column {extra[0]!r}; expected exactly the {len(COLUMNS)} columns of "
+        raise DataError(f"{where}: unexpected column {quoted(extra[0])}; expected exactly the {len(COLUMNS)} columns of "
                         "the schema")
 
 
@@ -121,7 +123,7 @@ def read_songs(source: str | IO[bytes], where: str, *, required: tuple[str, ...]
     header = [name.lstrip("\ufeff") for name in next(csv.reader(io.StringIO(first_line.decode("utf-8"))), [])]
     padded = [name for name in header if name != name.strip() and name.strip() in BY_NAME]
     if padded:
-        raise DataError(f"{where}: column {padded[0]!r} has spaces around its name; expected {padded[0].strip()!r}")
+        raise DataError(f"{where}: column {quoted(padded[0])} has spaces around its name; expected {quoted(padded[0].strip())}")
     header = [name.strip() for name in header]
     if len(header) == 1 and any(sep in header[0] for sep in (";", "\t", "|")):
         raise DataError(f"{where}: the header has one column; expected comma-separated values (wrong delimiter?)")
@@ -186,7 +188,7 @@ def _read_as_text_and_locate(data: bytes, kept: list[str], where: str) -> pd.Dat
     if not cells.empty:
         first = cells.sort_values(["row"], kind="stable").iloc[0]
         raise DataError(f"{where}: line {first['row'] + 2}, column {first['column']!r}: "
-                        f"{first['value'].strip()!r} is {first['reason']}")
+                        f"{quoted(first['value'].strip())} is {first['reason']}")
     raise DataError(f"{where}: a numeric column could not be parsed")
 
 
@@ -222,6 +224,8 @@ def row_problems(frame: pd.DataFrame, columns: tuple[str, ...] | None = None) ->
         elif column.kind == "date":
             well_formed = values.astype("str").str.fullmatch(RELEASE_DATE_PATTERN).to_numpy(dtype=bool, na_value=False)
             flag(present & ~well_formed, name, "expected a date as YYYY, YYYY-MM or YYYY-MM-DD")
+            flag(present & well_formed & ~_real_dates(values, well_formed), name,
+                 "not a date of the calendar (month 01 to 12, and a day that month has)")
         elif name == TRACK_ID:
             flag(present & (values.astype("str").str.strip() == "").to_numpy(), name, "empty track id")
     if not found:
@@ -230,13 +234,35 @@ def row_problems(frame: pd.DataFrame, columns: tuple[str, ...] | None = None) ->
     return pd.concat(found, ignore_index=True).sort_values(["row", "column"], kind="stable", ignore_index=True)
 
 
+def _real_date(text: str) -> bool:
+    """Whether a YYYY, YYYY-MM or YYYY-MM-DD string names a day, or month, of the (proleptic Gregorian) calendar."""
+    if len(text) == 4:
+        return True
+    year, month = int(text[:4]), int(text[5:7])
+    if not 1 <= month <= 12:
+        return False
+    if len(text) == 7:
+        return True
+    leap = month == 2 and calendar.isleap(year)
+    return 1 <= int(text[8:10]) <= _MONTH_DAYS[month - 1] + leap
+
+
+def _real_dates(values: pd.Series, well_formed: np.ndarray) -> np.ndarray:
+    """_real_date of each well-formed value (True elsewhere), each distinct date checked once."""
+    real = np.ones(len(values), dtype=bool)
+    if well_formed.any():
+        codes, distinct = pd.factorize(values[well_formed].astype("str"))
+        real[well_formed] = np.array([_real_date(text) for text in distinct], dtype=bool)[codes]
+    return real
+
+
 def describe_problem(problems: pd.DataFrame, frame: pd.DataFrame, where: str) -> str:
     """The first problem as one line: file, line, column, value, expectation, and how many rows in all."""
     first = problems.iloc[0]
     row, name = int(first["row"]), str(first["column"])
     value = frame[name].iloc[row]
     value = value.item() if isinstance(value, np.generic) else value  # 1.7, not np.float64(1.7)
-    shown = "" if pd.isna(value) else f" {value!r}:"
+    shown = "" if pd.isna(value) else f" {quoted(value)}:"
     rows = problems["row"].nunique()
     total = f" ({rows} invalid rows in all)" if rows > 1 else ""
     return f"{where}: line {row + 2}, column {name!r}:{shown} {first['reason']}{total}"
