@@ -1,5 +1,6 @@
 """The `spotify-genre` command: `predict` gives genres for new songs, from a model bundle and its preprocessor;
-`tune` (from a clone, with the tune extra) runs an Optuna study over the MLP (stages/tune.py)."""
+`serve` answers the same over HTTP (spotify_genre/serve.py, with the serve extra); `tune` (from a clone, with the
+tune extra) runs an Optuna study over the MLP (stages/tune.py)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--dask", metavar="ADDRESS", default=None,
                          help="for shards: predict each shard as a task on this Dask scheduler (tcp://host:port), "
                               "or on local[:N] worker processes on 127.0.0.1; needs the dask extra")
+    commands.add_parser("serve", add_help=False,
+                        help="serve the model over HTTP (`spotify-genre serve --help`, docs/shipping.md); needs "
+                             "the serve extra")
     commands.add_parser("tune", add_help=False,
                         help="an Optuna study over the MLP's hyperparameters, from the root of a clone "
                              "(`spotify-genre tune --help`, docs/tuning.md)")
@@ -93,6 +97,16 @@ def _tune(argv: list[str]) -> NoReturn:
                           "root of a clone of the project")
     sys.stdout.flush()
     os.execv(sys.executable, [sys.executable, "-m", "stages.tune", *argv])
+
+
+def _serve(argv: list[str]) -> int:
+    """`spotify-genre serve` (spotify_genre/serve.py), whose web framework comes with the serve extra only."""
+    try:
+        from spotify_genre.serve import main as serve
+    except ImportError as error:
+        raise ParamsError(f"spotify-genre serve needs the serve extra: pip install 'spotify-genre[serve]' "
+                          f"({error})") from None
+    return serve(argv)
 
 
 def whole_number(minimum: int) -> Callable[[str], int]:
@@ -139,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "tune":
         return _tune(argv[1:])
+    if argv and argv[0] == "serve":
+        return _serve(argv[1:])
     if not argv or argv[0] not in ("predict", "-h", "--help"):
         argv.insert(0, "predict")
     args = _parser().parse_args(argv)

@@ -134,6 +134,10 @@ class Predictor:
             features = np.zeros((0, len(self.pre.output_features)), dtype=np.float32)
         return Prepared(features, ids, len(songs.frame), songs.problems)
 
+    def prepare_songs(self, songs: Songs) -> Prepared:
+        """Songs already read and checked elsewhere (the HTTP server's): their model inputs, as for a chunk."""
+        return self._valid(songs, True)
+
     def load_model(self) -> None:
         """Load the model bundle now (it is otherwise loaded with the first chunk known to be good)."""
         self._bundle()
@@ -164,11 +168,15 @@ class Predictor:
                             f"of {', '.join(encoder['fields'])}")
         return with_characters(features, songs, encoder)
 
-    def predict(self, features: np.ndarray, ids: pd.Series, fmt: str):
-        """The predictions of these rows, rendered for the output format (outputs.render)."""
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """The model's probabilities of these rows (rows × classes), in batches of MODEL_BATCH_ROWS from the first."""
         from spotify_genre.model import predict_proba
 
-        probabilities = predict_proba(self._bundle().model, features, batch_size=MODEL_BATCH_ROWS)
+        return predict_proba(self._bundle().model, features, batch_size=MODEL_BATCH_ROWS)
+
+    def predict(self, features: np.ndarray, ids: pd.Series, fmt: str):
+        """The predictions of these rows, rendered for the output format (outputs.render)."""
+        probabilities = self.probabilities(features)
         return render(prediction_table(ids, probabilities, self.classes, top_k=self.settings.top_k), fmt)
 
 
