@@ -78,7 +78,7 @@ def test_a_missing_version_or_an_unknown_name_is_one_clear_line(registry, how, s
 
 @pytest.mark.parametrize("name, exit_code, says", [
     ("preprocessor.json", 6, "the model was trained with the preprocessor of sha256"),
-    ("preprocessor.npz", 5, "preprocessor"),
+    ("preprocessor.npz", 5, "its sha256 is not the one"),
     ("model.pt", 5, "damaged or altered"),
 ])
 def test_a_tampered_file_is_one_clear_line(registry, synthetic_pipeline, name, exit_code, says, tmp_path):
