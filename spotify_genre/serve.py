@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from spotify_genre.catalogue import Songs
-from spotify_genre.errors import ParamsError, PipelineError
+from spotify_genre.errors import BundleError, ParamsError, PipelineError
 from spotify_genre.numerics import inference_threads
 from spotify_genre.predictions import top_genres
 from spotify_genre.schema import COLUMNS, LABEL, PLAYLIST_FIELDS, RELEASE_DATE_PATTERN, TRACK_ID, Column
@@ -135,8 +135,6 @@ class Server:
         self.predictor = Predictor(Settings(settings.model, settings.preprocessor))
         self.classes = self.predictor.classes
         if not Path(settings.model).is_file():
-            from spotify_genre.errors import BundleError
-
             raise BundleError(f"{settings.model}: no model bundle there (train one with `dvc repro`, or pass --model)")
         self.song = song_model(self.predictor.required)
         self.columns = tuple(name for name in self.predictor.required if name != TRACK_ID)
@@ -164,14 +162,13 @@ class Server:
         }
 
     def load(self) -> None:
-        """Load the bundle and run it once, on the numerics pin's fixed inference threads."""
+        """Load the bundle, torch on the numerics pin's fixed inference threads."""
         import torch
 
         threads = inference_threads()
         if threads is not None:
             torch.set_num_threads(threads)
         self.predictor.load_model()
-        self.predictor.probabilities(np.zeros((1, len(self.predictor.pre.output_features)), dtype=np.float32))
         self.loaded = True
 
     def start(self) -> None:
