@@ -246,8 +246,9 @@ def _targets(sections: dict) -> list[str]:
         one = serving["one_song"]
         if one["p99_ms"]["median"] > serving["targets"]["p99_ms"]:
             load = sections["serving"]["machine"].get("load_average_at_start") or ["?"]
-            bounds.append(f"serving: one song a request, the median request takes {_num(one['p50_ms']['median'], ' ms')}"
-                          f" and the slowest 1% {_num(one['p99_ms']['median'], ' ms')}: a worker preprocesses the "
+            bounds.append(f"serving: one song a request, the median request takes "
+                          f"{_num(one['p50_ms']['median'], ' ms')} and the slowest 1% "
+                          f"{_num(one['p99_ms']['median'], ' ms')}: a worker preprocesses the "
                           "requests waiting together, then runs the model on each alone, on one thread, while the "
                           f"clients share the same 2 cores (load average {load[0]:g} at the start).")
     measured_in("serving")

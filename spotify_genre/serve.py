@@ -174,7 +174,7 @@ class Server:
     def start(self) -> None:
         sys.setswitchinterval(SWITCH_INTERVAL_S)  # the event loop gets the interpreter back between pandas calls
         gc.freeze()  # the loaded libraries and model: out of every later collection's way
-        gc.set_threshold(50_000, 20, 20)  # a young collection per 50,000 allocations, not 700: a request makes thousands
+        gc.set_threshold(50_000, 20, 20)  # a young collection per 50,000 allocations, not 700: a request makes many
         self._thread = threading.Thread(target=self._answer_forever, name="model", daemon=True)
         self._thread.start()
 

@@ -256,6 +256,38 @@ def test_sigterm_lets_the_request_in_flight_finish(synthetic_pipeline, song):
     assert "Traceback" not in process.stderr.read()
 
 
+def _committed_model_is_here() -> bool:
+    """models/ holds the files dvc.lock records (after `dvc repro` or `dvc pull` of this commit)."""
+    import yaml
+
+    from tests.conftest import ROOT
+
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    recorded = {out["path"]: out["md5"] for stage in ("preprocess", "train") for out in lock[stage]["outs"]}
+    paths = ("models/model.pt", "models/preprocessor.json", "models/preprocessor.npz")
+    return all((ROOT / path).is_file() and hashlib.md5((ROOT / path).read_bytes()).hexdigest() == recorded[path]
+               for path in paths)
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not _committed_model_is_here(), reason="models/ does not hold the model dvc.lock records")
+def test_the_readme_s_curl_answer_is_the_committed_model_s():
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    command = ("$ curl -s 'localhost:8000/predict?top_k=2' -H 'content-type: application/json' "
+               "-d @docs/example_songs.json")
+    shown = readme.split(command + "\n", 1)[1].split("\n", 1)[0]
+    process, url = start_server(ROOT, "--log-level", "warning")
+    try:
+        songs = (ROOT / "docs" / "example_songs.json").read_bytes()
+        answer = httpx.post(f"{url}/predict", params={"top_k": 2}, content=songs,
+                            headers={"content-type": "application/json"}, timeout=30).text
+    finally:
+        stop_server(process)
+    assert answer == shown
+
+
 # --- the Song model against the schema's own checks (no server) ----------------------------------------------
 
 
