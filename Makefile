@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install repro test test-fast test-install sweep seeds tune bench lock clean help
+.PHONY: install repro test test-fast test-install sweep seeds tune bench register serve lock clean help
 
 help:
 	@echo "make repro      set up .venv and run the DVC pipeline (dvc repro)"
@@ -16,6 +16,8 @@ help:
 	@echo "make seeds      the pipeline per report seed and split protocol as experiments: the README's headline table"
 	@echo "make tune       run the Optuna study of tuning.yaml on data/processed/ (TUNE_WORKERS=2 processes)"
 	@echo "make bench      measure pipeline speed and write reports/bench.json"
+	@echo "make register VERSION=v1.0.0 [STAGE=prod]  tag the committed model as a version (and stage) in GTO's format"
+	@echo "make serve      serve models/ over HTTP on 127.0.0.1:8000 (spotify-genre serve)"
 	@echo "make lock       re-resolve dependencies into requirements/constraints.txt"
 
 $(BIN)/python:
@@ -24,7 +26,7 @@ $(BIN)/python:
 # Reinstalled whenever the declared or locked dependencies change.
 $(STAMP): pyproject.toml requirements/constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24,<27"
-	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[pipeline,dev,dask,tune]'
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[pipeline,dev,dask,tune,serve]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -96,9 +98,24 @@ tune: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+# The model of the commit checked out (its dvc.lock) as a version of the dvc.yaml artifact, and optionally a stage of
+# that version: Git tags in GTO's format (spotify-genre-mlp@v1.0.0, spotify-genre-mlp#prod#1), which
+# `dvc artifacts get` resolves. Push the model first (`dvc push`), then the tags (`git push origin --tags`).
+ARTIFACT ?= spotify-genre-mlp
+register: $(STAMP)
+	@test -n "$(VERSION)" || { echo "make register: give VERSION, e.g. make register VERSION=v1.0.0 [STAGE=prod]" >&2; exit 2; }
+	@git diff --quiet HEAD -- dvc.lock dvc.yaml || { echo "make register: commit dvc.lock and dvc.yaml first" >&2; exit 2; }
+	$(BIN)/gto register $(ARTIFACT) HEAD --version $(VERSION)
+	@if [ -n "$(STAGE)" ]; then $(BIN)/gto assign $(ARTIFACT) --version $(VERSION) --stage $(STAGE); fi
+	@echo "make register: tagged; share with: dvc push && git push origin --tags"
+
+SERVE_ARGS ?=
+serve: $(STAMP)
+	$(BIN)/spotify-genre serve $(SERVE_ARGS)
+
 lock: | $(BIN)/python
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/python -m pip install --quiet -e '.[pipeline,dev,dask,tune]'
+	.lock-venv/bin/python -m pip install --quiet -e '.[pipeline,dev,dask,tune,serve]'
 	.lock-venv/bin/python -m pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > requirements/constraints.txt
 	rm -rf .lock-venv
 

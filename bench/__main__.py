@@ -14,7 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import cuda, numerics, pipeline, prediction, report, scaling, training, tuning
+from bench import cuda, numerics, pipeline, prediction, report, scaling, serving, training, tuning
 from bench.context import Context
 from bench.machine import describe, load_average
 from bench.measure import BenchError
@@ -27,6 +27,7 @@ SECTIONS = {
     "scaling": scaling.measure,
     "predict": prediction.measure,
     "catalogue": prediction.measure_catalogue,
+    "serving": serving.measure,
     "tuning": tuning.measure,
     "cuda": cuda.measure,
 }
@@ -41,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                "a plain DataLoader), numerics (the train loop with and without the numerics pin), scaling (1x/10x/100x "
                "synthetic rows: time and peak memory per stage), predict "
                "(100,000 rows), catalogue (predict streamed over 100k, 1M and 10M songs; CSV, .csv.gz and "
-               "Parquet), tuning (`python -m experiments.tune`, 50 trials on 2 workers, once), cuda (CPU against GPU; "
+               "Parquet), serving (`spotify-genre serve`: one song a request from 16 clients, 1,000 songs a request, beside "
+               "predict's rows/s), tuning (`python -m experiments.tune`, 50 trials on 2 workers, once), cuda (CPU against GPU; "
                "skipped without one). --only merges its sections into the "
                "existing report.")
     parser.add_argument("--quick", action="store_true",

@@ -402,6 +402,16 @@ def test_stage_writes_every_output_with_the_expected_content(world, capsys):
     assert (f"| album has training songs | {known['songs']} ({known['songs'] / SIZES['test']:.0%}) | {known['accuracy']:.4f} "
             f"[{known['intervals']['accuracy']['low']:.4f}, {known['intervals']['accuracy']['high']:.4f}] |") in card
 
+    front, heading = card.split("\n---\n", 1)
+    assert front.startswith("---\n") and heading.startswith("\n# Model card")
+    hub = yaml.safe_load(front[4:])
+    assert hub["license"] == "mit" and hub["library_name"] == "pytorch" and hub["datasets"]
+    results = hub["model-index"][0]["results"]
+    assert [metric["value"] for metric in results[0]["metrics"]] == [metrics["accuracy"], metrics["f1_macro"]]
+    assert [result["metrics"][0]["value"] for result in results[1:]] == [
+        entry["accuracy"] for entry in metrics["novelty"]["test"].values() if "accuracy" in entry]
+    assert "## Intended use" in card and "2024-11-27" in card and "another extractor" in card
+
     timing = json.loads((root / evaluate.TIMING).read_text())
     assert timing["total_s"] >= timing["predict_s"] >= 0
 

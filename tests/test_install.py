@@ -18,7 +18,9 @@ from tests.conftest import ROOT, run, tool_env
 
 pytestmark = pytest.mark.install
 
-PIPELINE_ONLY = ("dvc", "dvc-s3", "dvclive", "kaggle", "matplotlib", "scikit-learn", "pyyaml", "requests", "tqdm")
+PIPELINE_ONLY = ("dvc", "dvc-s3", "dvclive", "kaggle", "matplotlib", "scikit-learn", "pyyaml", "requests", "tqdm",
+                 "gto")
+SERVE_ONLY = ("fastapi", "starlette", "uvicorn")
 EXAMPLE = ROOT / "docs" / "example_songs.csv"
 
 
@@ -41,8 +43,15 @@ def test_no_extras_install_only_what_predict_needs(installed):
                             installed).stdout)
     names = {package["name"].lower() for package in listed}
     assert "spotify-genre" in names and "torch" in names and "pydantic" in names
-    pulled = sorted(names & set(PIPELINE_ONLY))
-    assert not pulled, f"pip install . pulled pipeline packages: {pulled}"
+    pulled = sorted(names & set(PIPELINE_ONLY + SERVE_ONLY))
+    assert not pulled, f"pip install . pulled pipeline or serve packages: {pulled}"
+
+
+def test_serve_without_its_extra_says_so_in_one_line(installed, tmp_path):
+    env = {key: value for key, value in tool_env().items() if key != "PYTHONPATH"}
+    result = run([str(installed / "bin" / "spotify-genre"), "serve"], tmp_path, env=env, check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "pip install 'spotify-genre[serve]'" in result.stderr
 
 
 def test_installed_predict_gives_the_same_bytes_as_the_checkout(installed, synthetic_pipeline, tmp_path):

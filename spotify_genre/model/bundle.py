@@ -11,6 +11,7 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Sequence
@@ -162,9 +163,24 @@ def _unpickler_reason(error: pickle.UnpicklingError) -> str:
     return found.group(1).strip() if found else _first_line(error)
 
 
+def _altered_record(path: Path) -> str | None:
+    """The first record of the bundle's zip archive whose bytes do not match their CRC-32 (torch.load does not
+    check them: a flipped byte in the weights would load), or None; a file that is no zip archive is torch.load's
+    to describe."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except Exception:  # noqa: BLE001 - not a zip archive, or one too damaged to list: torch.load says which
+        return None
+
+
 def _read(path: Path) -> Any:
     if not path.is_file():
         raise BundleError(f"{path}: model bundle not found (run `dvc repro train` to make it)")
+    altered = _altered_record(path)
+    if altered is not None:
+        raise BundleError(f"{path}: damaged or altered: the bytes of its record {altered!r} do not match their "
+                          "checksum (fetch or train it again)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -1,4 +1,5 @@
-"""The `spotify-genre` command: `predict` gives genres for new songs, from a model bundle and its preprocessor.
+"""The `spotify-genre` command: `predict` gives genres for new songs, from a model bundle and its preprocessor;
+`serve` answers the same over HTTP (spotify_genre/predict/serve.py, with the serve extra).
 
 Tuning trains on a clone's pipeline, so it is a command of the clone (`python -m experiments.tune`, `make tune`);
 `spotify-genre tune` only says so."""
@@ -86,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--dask", metavar="ADDRESS", default=None,
                          help="for shards: predict each shard as a task on this Dask scheduler (tcp://host:port), "
                               "or on local[:N] worker processes on 127.0.0.1; needs the dask extra")
+    commands.add_parser("serve", add_help=False,
+                        help="serve the model over HTTP (`spotify-genre serve --help`, docs/shipping.md); needs "
+                             "the serve extra")
     commands.add_parser("tune", add_help=False, help="where to find the Optuna study over the MLP (a clone's "
                                                      "`python -m experiments.tune`)")
     return parser
@@ -93,6 +97,16 @@ def _parser() -> argparse.ArgumentParser:
 
 TUNE_ELSEWHERE = ("spotify-genre tune: tuning trains on a clone's pipeline, so it runs there: `python -m "
                   "experiments.tune` (or `make tune`) from the root of a clone, with the tune extra (docs/tuning.md)")
+
+
+def _serve(argv: list[str]) -> int:
+    """`spotify-genre serve` (spotify_genre/predict/serve.py), whose web framework comes with the serve extra only."""
+    try:
+        from spotify_genre.predict.serve import main as serve
+    except ImportError as error:
+        raise ParamsError(f"spotify-genre serve needs the serve extra: pip install -e '.[serve]' from a clone "
+                          f"({error})") from None
+    return serve(argv)
 
 
 MAX_CHUNK_ROWS = 1 << 20  # a chunk's songs are held several times over in memory: 1 GB and more at this size
@@ -126,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "tune":
         raise ParamsError(TUNE_ELSEWHERE)
+    if argv and argv[0] == "serve":
+        return _serve(argv[1:])
     if not argv or argv[0] not in ("predict", "-h", "--help"):
         argv.insert(0, "predict")
     args = _parser().parse_args(argv)

@@ -140,6 +140,10 @@ class Predictor:
             features = np.zeros((0, len(self.pre.output_features)), dtype=np.float32)
         return Prepared(features, ids, len(songs.frame), songs.problems)
 
+    def prepare_songs(self, songs: Songs) -> Prepared:
+        """Songs already read and checked elsewhere (the HTTP server's): their model inputs, as for a chunk."""
+        return self._valid(songs, True)
+
     def load_model(self) -> None:
         """Load the model bundle now (it is otherwise loaded with the first chunk known to be good)."""
         self._bundle()
@@ -170,10 +174,14 @@ class Predictor:
                             f"of {', '.join(encoder['fields'])}")
         return with_characters(features, songs, encoder)
 
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """The model's probabilities of these rows (rows × classes), in batches of MODEL_BATCH_ROWS from the first."""
+        self._bundle()
+        return self._classifier.probabilities(features, batch_size=MODEL_BATCH_ROWS)
+
     def predict(self, features: np.ndarray, ids: pd.Series, fmt: str):
         """The predictions of these rows, rendered for the output format (sinks.render)."""
-        self._bundle()
-        probabilities = self._classifier.probabilities(features, batch_size=MODEL_BATCH_ROWS)
+        probabilities = self.probabilities(features)
         return render(prediction_table(ids, probabilities, self.classes, top_k=self.settings.top_k), fmt)
 
 

@@ -20,6 +20,11 @@ PREDICTED = "predicted"
 PROBABILITY_FORMAT = "%.6f"
 
 
+def top_genres(probabilities: np.ndarray, top_k: int) -> np.ndarray:
+    """Each row's top_k genres (column indices), most likely first; of equal probabilities, the first genre."""
+    return np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+
+
 def prediction_table(ids: pd.Series | pd.DataFrame, probabilities: np.ndarray, classes: Sequence[str], *,
                      actual: Sequence[str] | None = None, top_k: int = 0) -> pd.DataFrame:
     """One row per song: its id, [the actual genre,] the predicted genre, one probability column per genre,
@@ -35,7 +40,7 @@ def prediction_table(ids: pd.Series | pd.DataFrame, probabilities: np.ndarray, c
     table[PREDICTED] = classes[probabilities.argmax(axis=1)]
     table.update({name: probabilities[:, i] for i, name in enumerate(classes)})
     if top_k:
-        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+        order = top_genres(probabilities, top_k)
         for rank in range(top_k):
             table[f"top{rank + 1}_genre"] = classes[order[:, rank]]
             table[f"top{rank + 1}_probability"] = probabilities[np.arange(len(order)), order[:, rank]]
