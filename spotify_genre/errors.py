@@ -9,7 +9,7 @@ import sys
 import threading
 from typing import Any, Callable, Iterator
 
-QUOTED_CHARACTERS = 60  # of a value quoted in a message: a 10 MB value is not echoed whole
+QUOTED_CHARACTERS = 80  # of a value quoted in a message: a sha256 whole, a 10 MB value not
 LINE_CHARACTERS = 2000  # of any error line, whatever it quotes
 
 
