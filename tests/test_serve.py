@@ -31,8 +31,9 @@ from spotify_genre.predict.serve import song_frame, song_model  # noqa: E402
 MAX_ROWS = 600
 MAX_BYTES = 400_000
 TOP_K = 3
-# uvicorn answers SIGTERM by a graceful shutdown, then raises the signal again: the exit status a supervisor expects
-STOPPED = (0, -signal.SIGTERM)
+# uvicorn answers SIGTERM by a graceful shutdown, then raises the signal again, which the command turns into the
+# usual one line and 128 + 15: the exit status a supervisor expects
+STOPPED = (0, 128 + signal.SIGTERM, -signal.SIGTERM)
 BATCHES = (1, 2, 7, 16, 100)  # request sizes, then the rest of the test split in requests of up to MAX_ROWS
 
 
