@@ -10,6 +10,7 @@ and macro-F1 of the same epoch are recorded beside it.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import math
@@ -29,6 +30,7 @@ from spotify_genre.errors import PipelineError, bounded
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 HELD = (*FINISHED, TrialState.RUNNING)  # a trial that counts towards the planned total
+LOCK_WAIT_S = 60  # how long a write may wait for another worker's (SQLite's busy timeout)
 DIRECTION = "minimize"
 OBJECTIVE = "val_loss"
 
@@ -87,7 +89,7 @@ def open_storage(url: str, heartbeat_seconds: int) -> optuna.storages.RDBStorage
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StorageError(f"--storage {shown}: cannot be opened ({folder}: {error.strerror})") from None
-        engine_kwargs = {"connect_args": {"timeout": 60}}  # workers wait for each other's writes, not fail
+        engine_kwargs = {"connect_args": {"timeout": LOCK_WAIT_S}}  # workers wait for each other's writes, not fail
     def storage() -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds,
@@ -254,12 +256,41 @@ def describe_trial(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> str:
                                    for name, value in values)
 
 
-def work(study: optuna.Study, objective: Objective, planned: int, heartbeat_seconds: int,
-         log: Callable[[str], None]) -> None:
+def fail_silent_trials(study: optuna.Study, storage: optuna.storages.RDBStorage, grace_seconds: float) -> None:
+    """Fail, and queue again with the same params, each trial running for longer than the grace period without a
+    single heartbeat: its worker died between starting it and its first heartbeat, a window that Optuna's
+    fail_stale_trials (which looks only at trials with a heartbeat) never sees, so the study would wait for it
+    forever."""
+    from sqlalchemy import text
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return
+    with storage.engine.connect() as connection:
+        beating = {row[0] for row in connection.execute(text("SELECT trial_id FROM trial_heartbeats"))}
+    study_id = storage.get_study_id_from_name(study.study_name)
+    now = datetime.datetime.now()  # Optuna stamps trials with naive local times
+    for trial in running:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        if trial_id in beating or (now - trial.datetime_start).total_seconds() <= grace_seconds:
+            continue
+        try:
+            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                continue
+        except RuntimeError:  # finished meanwhile (UpdateFinishedTrialError)
+            continue
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(study, storage.get_trial(trial_id))
+
+
+def work(study: optuna.Study, storage: optuna.storages.RDBStorage, objective: Objective, planned: int,
+         heartbeat_seconds: int, log: Callable[[str], None]) -> None:
     """Run trials until the study has `planned` finished ones. Where the others are running the last of them, wait:
     if their worker is gone, their heartbeat lapses and this worker runs them again."""
     while True:
         optuna.storages.fail_stale_trials(study)
+        # A live trial's first heartbeat may wait for another worker's write: only a trial silent for longer than
+        # that can be one whose worker is gone.
+        fail_silent_trials(study, storage, grace_seconds=3 * heartbeat_seconds + LOCK_WAIT_S)
         finished, running = counts(study)
         if finished >= planned:
             return

@@ -104,8 +104,8 @@ def _worker(run: Run) -> None:
     storage = studies.open_storage(settings.storage, settings.heartbeat_seconds)
     study = studies.load_study(storage, settings, settings.study, studies.shown_url(settings.storage))
     objective = studies.Objective(raw, space, settings.trials)
-    studies.work(study, objective, settings.trials, settings.heartbeat_seconds,
-                lambda line: _log(f"[worker {run.worker}] {line}"))
+    studies.work(study, storage, objective, settings.trials, settings.heartbeat_seconds,
+                 lambda line: _log(f"[worker {run.worker}] {line}"))
 
 
 def _spawned_worker(run: Run, parent: int) -> None:
@@ -128,7 +128,7 @@ def _tune(args: argparse.Namespace, settings, space, raw: dict) -> int:
     _log(f"study {settings.study!r} in {shown}: {finished} of {settings.trials} planned trials finished"
          + (f", {running} running" if running else "") + f"; {args.workers} worker(s)")
     if args.workers == 1:
-        studies.work(study, objective, settings.trials, settings.heartbeat_seconds, _log)
+        studies.work(study, storage, objective, settings.trials, settings.heartbeat_seconds, _log)
     else:
         failed = _run_workers(args, settings)
         if failed:

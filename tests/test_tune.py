@@ -229,7 +229,9 @@ def test_a_study_killed_mid_trial_continues_and_completes_its_planned_trials(wor
         retried = [t for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
                    == trial.number]
         assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
-        assert retried[0].params == trial.params, "run again with the same params"
+        # Killed while its params were being drawn, a trial had only some: the retry keeps those, draws the rest.
+        assert {name: retried[0].params.get(name) for name in trial.params} == trial.params, \
+            "run again with the params it had drawn"
         assert f"trial {retried[0].number}: complete" in result.stdout
 
 
@@ -375,3 +377,21 @@ def test_without_optuna_it_names_the_extra_to_install(workdir, capsys, monkeypat
     code, out, err = tune_here([], capsys)
     assert code == 2 and out == ""
     assert err == "error: python -m experiments.tune needs Optuna: pip install -e '.[tune]' (or `make install`)\n"
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_queued_again(tmp_path):
+    """A worker killed between starting a trial and its first heartbeat leaves a running trial no heartbeat will
+    ever mark stale: once the grace period is over it is failed and queued again with the same params."""
+    from experiments.study import fail_silent_trials, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", 1)
+    study = optuna.create_study(storage=storage, study_name="silent")
+    silent = study.ask({"x": optuna.distributions.FloatDistribution(0.0, 1.0)})  # running, never a heartbeat
+    fail_silent_trials(study, storage, grace_seconds=3600)
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING], "within the grace period: left alone"
+
+    fail_silent_trials(study, storage, grace_seconds=0)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].params == {"x": silent.params["x"]}
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[1]) == 0
