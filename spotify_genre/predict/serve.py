@@ -40,6 +40,8 @@ from spotify_genre.numerics import inference_threads
 from spotify_genre.predict.table import top_genres
 from spotify_genre.songs.schema import COLUMNS, LABEL, PLAYLIST_FIELDS, RELEASE_DATE_PATTERN, TRACK_ID, Column
 from spotify_genre.predict.predictor import SWITCH_INTERVAL_S, Predictor, Settings
+from spotify_genre.validation import whole_number
+from spotify_genre.workers import MAX_WORKERS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -387,19 +389,6 @@ def app_from_environment() -> FastAPI:
 # --- the command ---------------------------------------------------------------------------------------------
 
 
-def _at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {minimum} or more, got {value}")
-        return value
-
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
     defaults = ServeSettings()
     parser = argparse.ArgumentParser(
@@ -417,14 +406,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="the registered artifact's version, reported in /model")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help=f"address to bind (default {DEFAULT_HOST}: this machine only; 0.0.0.0 for all)")
-    parser.add_argument("--port", type=_at_least(0), default=DEFAULT_PORT, help=f"(default {DEFAULT_PORT})")
-    parser.add_argument("--workers", type=_at_least(1), default=1,
+    parser.add_argument("--port", type=whole_number(0, 65535), default=DEFAULT_PORT, help=f"(default {DEFAULT_PORT})")
+    parser.add_argument("--workers", type=whole_number(1, MAX_WORKERS), default=1,
                         help="worker processes, each with its own model (about 0.3 GB) (default 1)")
-    parser.add_argument("--max-rows", type=_at_least(1), default=DEFAULT_MAX_ROWS,
+    parser.add_argument("--max-rows", type=whole_number(1, 1_000_000), default=DEFAULT_MAX_ROWS,
                         help=f"most songs in one request (default {DEFAULT_MAX_ROWS:,}); more is a 413")
-    parser.add_argument("--max-bytes", type=_at_least(1), default=DEFAULT_MAX_BYTES,
+    parser.add_argument("--max-bytes", type=whole_number(1, 1 << 30), default=DEFAULT_MAX_BYTES,
                         help=f"largest request body (default {DEFAULT_MAX_BYTES:,}); larger is a 413")
-    parser.add_argument("--graceful-timeout", type=_at_least(1), default=30, metavar="SECONDS",
+    parser.add_argument("--graceful-timeout", type=whole_number(1, 3600), default=30, metavar="SECONDS",
                         help="on SIGTERM, how long requests in flight may take before they are cut (default 30)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
                         help="uvicorn's log level; info logs every request (default info)")
