@@ -51,7 +51,7 @@ def test_serve_without_its_extra_says_so_in_one_line(installed, tmp_path):
     env = {key: value for key, value in tool_env().items() if key != "PYTHONPATH"}
     result = run([str(installed / "bin" / "spotify-genre"), "serve"], tmp_path, env=env, check=False)
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.count("\n") == 1 and "pip install 'spotify-genre[serve]'" in result.stderr
+    assert result.stderr.count("\n") == 1 and "pip install -e '.[serve]' from a clone" in result.stderr
 
 
 def test_installed_predict_gives_the_same_bytes_as_the_checkout(installed, synthetic_pipeline, tmp_path):
