@@ -205,6 +205,7 @@ class TrainParams(Strict):
 SampleFraction = Annotated[float, Field(gt=0.0, le=1.0)]  # of rows or features a tree sees; 1.0: all of them
 LearningRate = Annotated[float, Field(gt=0.0, le=1.0)]
 BoostingRounds = Annotated[int, Field(ge=1, le=100_000)]
+HistogramBins = Annotated[int, Field(ge=2, le=65_535)]  # bins each feature's values are bucketed into
 
 
 PeerTarget = Literal["genre", "subgenre"]  # subgenre: fit the playlist subgenres, sum them to genres
@@ -218,6 +219,7 @@ class LightGBMParams(Strict):
     feature_fraction: SampleFraction
     bagging_fraction: SampleFraction
     lambda_l2: Annotated[float, Field(ge=0.0, le=1.0e6)]
+    max_bin: HistogramBins
     max_rounds: BoostingRounds
     early_stopping_rounds: BoostingRounds
 
@@ -230,6 +232,7 @@ class XGBoostParams(Strict):
     subsample: SampleFraction
     colsample_bytree: SampleFraction
     reg_lambda: Annotated[float, Field(ge=0.0, le=1.0e6)]
+    max_bin: HistogramBins
     max_rounds: BoostingRounds
     early_stopping_rounds: BoostingRounds
 
@@ -242,6 +245,7 @@ class BaselinesParams(Strict):
     seed: Seed
     rf_trees: Annotated[int, Field(ge=1, le=2000)]
     threads: Annotated[int, Field(ge=1, le=256)]
+    jobs: Annotated[int, Field(ge=1, le=64)]
     max_train_rows: PositiveInt | None
     lightgbm: LightGBMParams
     xgboost: XGBoostParams

@@ -8,6 +8,7 @@ evaluate stage puts them beside the MLP: their scores, and their test prediction
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,28 +39,59 @@ def strongest(models: dict[str, dict]) -> str | None:
     return min(peers, key=lambda name: (-models[name]["val"]["f1_macro"], name)) if peers else None
 
 
+# The order the peers are started in when they are fitted side by side: the longest fits first, so that the
+# shorter ones fill the other workers meanwhile.
+LONGEST_FIRST = ("xgboost", "lightgbm", "random_forest", "hist_gradient_boosting", "majority")
+
+
 def fit_baselines(splits: dict[str, ProcessedSplit],
                   params: BaselinesParams) -> tuple[dict, dict[str, np.ndarray], dict[str, float]]:
     """Each baseline fitted on the training rows (stopped early on the validation rows) and then asked for the
-    validation and test rows' classes: (the report, {name: test predictions}, {name: seconds})."""
+    validation and test rows' classes: (the report, {name: test predictions}, {name: seconds}).
+
+    `params.jobs` peers are fitted at once, each on one thread of its own, so a peer's trees are the same whatever
+    runs beside it; the first error gives up the boosted fits still running at their next round.
+    """
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
     from threadpoolctl import threadpool_limits
 
     train, val, test = (splits[name] for name in SPLITS)
     rows = baseline_rows(len(train.labels), params)
-    models, predictions, seconds = {}, {}, {}
-    for name in params.models:
+    failed = threading.Event()
+
+    def fit(name: str) -> tuple[dict[str, np.ndarray], int | None, float]:
         started = time.perf_counter()
-        # One OpenMP thread: HistGradientBoosting's threads synchronise at every tree node, and on a CPU
-        # shared with any other work two threads ran 5-10x slower than one (23k rows: 2.3 s on one thread).
+        # One OpenMP thread (a limit each thread sets for itself): HistGradientBoosting's threads synchronise at
+        # every tree node, and on a CPU shared with any other work two threads ran 5-10x slower than one (23k
+        # rows: 2.3 s on one thread).
         with threadpool_limits(1, user_api="openmp"):
             fitted = fit_peer(name, params, train.features[rows], train.labels[rows], val.features, val.labels,
-                              None if train.subgenres is None else train.subgenres[rows], val.subgenres)
+                              None if train.subgenres is None else train.subgenres[rows], val.subgenres,
+                              cancelled=failed.is_set)
             predicted = {"val": fitted.predict(val.features), "test": fitted.predict(test.features)}
+        return predicted, fitted.iterations, time.perf_counter() - started
+
+    pool = ThreadPoolExecutor(max_workers=params.jobs, thread_name_prefix="baseline")
+    started = {name: pool.submit(fit, name) for name in sorted(params.models, key=LONGEST_FIRST.index)}
+    try:
+        finished, _ = wait(started.values(), return_when=FIRST_EXCEPTION)
+        for future in finished:
+            if future.exception() is not None:
+                raise future.exception()
+        done = {name: started[name].result() for name in params.models}
+    except BaseException:
+        failed.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+    models, predictions, seconds = {}, {}, {}
+    for name, (predicted, iterations, elapsed) in done.items():
         models[name] = rounded({"val": label_metrics(val.labels, predicted["val"], len(GENRES)),
                                 "test": label_metrics(test.labels, predicted["test"], len(GENRES)),
-                                "iterations": fitted.iterations})
+                                "iterations": iterations})
         predictions[name] = predicted["test"]
-        seconds[name] = time.perf_counter() - started
+        seconds[name] = elapsed
     return {"models": models, "strongest": strongest(models)}, predictions, seconds
 
 

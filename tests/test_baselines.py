@@ -4,6 +4,7 @@ validation split and never fitted on a test row."""
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -23,10 +24,10 @@ PEERS = ["majority", "hist_gradient_boosting", "lightgbm", "xgboost"]
 # Small and quick: a few dozen rounds before the validation loss stops improving.
 QUICK = {
     "lightgbm": {"target": "genre", "learning_rate": 0.1, "num_leaves": 15, "min_data_in_leaf": 10,
-                 "feature_fraction": 0.75, "bagging_fraction": 0.75, "lambda_l2": 1.0, "max_rounds": 400,
+                 "feature_fraction": 0.75, "bagging_fraction": 0.75, "lambda_l2": 1.0, "max_bin": 255, "max_rounds": 400,
                  "early_stopping_rounds": 10},
     "xgboost": {"target": "genre", "learning_rate": 0.1, "max_depth": 4, "min_child_weight": 1.0, "subsample": 0.8,
-                "colsample_bytree": 0.8, "reg_lambda": 1.0, "max_rounds": 400, "early_stopping_rounds": 10},
+                "colsample_bytree": 0.8, "reg_lambda": 1.0, "max_bin": 256, "max_rounds": 400, "early_stopping_rounds": 10},
 }
 
 
@@ -44,7 +45,7 @@ def _splits(seed: int = 1, rows: tuple[int, int, int] = (900, 300, 200)) -> dict
 
 
 def _params(**changes) -> BaselinesParams:
-    values = dict(models=PEERS, seed=3, rf_trees=15, threads=2, max_train_rows=None, **QUICK)
+    values = dict(models=PEERS, seed=3, rf_trees=15, threads=2, jobs=2, max_train_rows=None, **QUICK)
     return BaselinesParams(**{**values, **changes})
 
 
@@ -71,6 +72,42 @@ def test_baselines_are_deterministic_and_the_majority_predicts_the_commonest_cla
     for name in PEERS[1:]:
         assert models[name]["val"]["accuracy"] > 2 * models["majority"]["val"]["accuracy"], name
         assert models[name]["test"]["accuracy"] > 2 * models["majority"]["test"]["accuracy"], name
+
+
+def test_peers_fitted_side_by_side_give_what_each_gives_alone(fitted):
+    splits, (report, predictions, _) = fitted
+    for jobs in (1, 4):
+        again, predicted_again, _ = baselines.fit_baselines(splits, _params(jobs=jobs))
+        assert again == report, jobs
+        assert all(np.array_equal(predicted_again[name], predictions[name]) for name in PEERS), jobs
+
+
+def test_a_failing_peer_gives_up_the_boosted_fits_beside_it_at_their_next_round(monkeypatch):
+    """xgboost fails at once while lightgbm, started beside it, could run 100,000 rounds: the stage raises the
+    failure as soon as lightgbm has noticed, instead of waiting for it."""
+    from pipeline import peers
+
+    real_fit = peers.fit_peer
+    seen = {}
+    lightgbm_started = threading.Event()
+
+    def fit_peer(name, *args, cancelled, **kwargs):
+        if name == "xgboost":
+            assert lightgbm_started.wait(60)
+            raise DataError("baselines.xgboost: broken on purpose")
+        lightgbm_started.set()
+        try:
+            return real_fit(name, *args, cancelled=cancelled, **kwargs)
+        except peers.Cancelled:
+            seen[name] = "cancelled"
+            raise
+
+    monkeypatch.setattr(baselines, "fit_peer", fit_peer)
+    endless = {**QUICK["lightgbm"], "max_rounds": 100_000, "early_stopping_rounds": 100_000}
+    params = _params(models=["lightgbm", "xgboost"], lightgbm=endless, jobs=2)
+    with pytest.raises(DataError, match="broken on purpose"):
+        baselines.fit_baselines(_splits(), params)
+    assert seen == {"lightgbm": "cancelled"}
 
 
 def test_the_boosted_trees_stop_early_on_the_validation_rows(fitted):
