@@ -14,7 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import cuda, numerics, pipeline, prediction, report, scaling, serving, training, tuning
+from bench import cuda, numerics, peers, pipeline, prediction, report, scaling, serving, training, tuning
 from bench.context import Context
 from bench.machine import describe, load_average
 from bench.measure import BenchError
@@ -22,6 +22,7 @@ from bench.project import ROOT, Dataset
 
 SECTIONS = {
     "pipeline": pipeline.measure,
+    "peers": peers.measure,
     "training": training.measure,
     "numerics": numerics.measure,
     "scaling": scaling.measure,
@@ -38,7 +39,8 @@ FORMAT = 1
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__,
-        epilog="Sections: pipeline (dvc repro, no-op repro, dvc exp run), training (the train stage's loop against "
+        epilog="Sections: pipeline (dvc repro, no-op repro, dvc exp run), peers (the baselines stage on the "
+               "development split seeds: validation scores beside the settings before, and its time), training (the train stage's loop against "
                "a plain DataLoader), numerics (the train loop with and without the numerics pin), scaling (1x/10x/100x "
                "synthetic rows: time and peak memory per stage), predict "
                "(100,000 rows), catalogue (predict streamed over 100k, 1M and 10M songs; CSV, .csv.gz and "
@@ -56,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where bench.json and bench.md go (default reports/, or reports/bench/ with --quick)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary projects, and say where they are")
+    parser.add_argument("--before", type=Path, default=None, metavar="BENCH_JSON",
+                        help="an earlier bench.json (e.g. `git show COMMIT:reports/bench.json > before.json`) whose "
+                             "figures bench.md shows beside the new ones, for the sections measured now")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: rewrite bench.md from the bench.json already there")
     return parser
@@ -92,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.only or list(SECTIONS)
     command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
 
+    before = {}
+    if args.before is not None:
+        before = _load(args.before).get("sections", {})
+        if not before:
+            print(f"error: {args.before}: no bench.json sections to compare with", file=sys.stderr)
+            return 1
     previous = _load(folder / "bench.json")
     document = previous if args.only else {"sections": {}}
     document.setdefault("sections", {})
@@ -117,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 entry["error"] = f"{type(error).__name__}: {error}"
                 failed.append(name)
+            if "results" in before.get(name, {}):
+                earlier_entry = before[name]
+                entry["before"] = {"measured_at": earlier_entry.get("measured_at"),
+                                   "commit": earlier_entry.get("machine", {}).get("commit"),
+                                   "cpu": earlier_entry.get("machine", {}).get("cpu"),
+                                   "results": earlier_entry["results"]}
             entry["seconds"] = round(time.perf_counter() - started, 1)
             entry["load_average_at_end"] = load_average()
             kept = earlier.get(name, {})

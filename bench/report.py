@@ -5,6 +5,7 @@ readable on its own and ending with when, by which command, on which machine and
 from __future__ import annotations
 
 from bench.figures import at_most, fig, mib, number, rate
+from bench.peers import peers_markdown, peers_targets
 from bench.prediction import catalogue_markdown, catalogue_targets
 from bench.serving import serving_markdown, serving_targets
 from bench.tuning import tuning_markdown, tuning_targets
@@ -136,6 +137,10 @@ def _targets(sections: dict) -> list[str]:
                           f"{number(pipeline['startup']['dvc_version_s']['median'], ' s')}; the rest is DVC reading "
                           "dvc.yaml and dvc.lock and checking every dependency's hash.")
     measured_in("pipeline")
+    peers = sections.get("peers", {}).get("results")
+    if peers:
+        rows += peers_targets(peers)
+    measured_in("peers")
     training = sections.get("training", {}).get("results")
     if training:
         ratio = training["ratio"]
@@ -351,7 +356,36 @@ def _cuda(results: dict) -> list[str]:
     return lines
 
 
-RENDER = {"pipeline": _pipeline, "training": _training, "numerics": _numerics, "scaling": _scaling, "predict": _predict,
+def _pipeline_beside(results: dict, before: dict) -> list[str]:
+    """The pipeline's loops beside the same figures of an earlier measurement (`--before`)."""
+    def loops(r: dict) -> dict[str, dict | None]:
+        repro, exp, stages = r["repro"], r["exp_run"], r["repro"]["stages"]
+        return {
+            "`dvc repro` from raw data": repro["seconds"],
+            "… of which the baselines stage": stages.get("baselines", {}).get("in_repro_s"),
+            "… of which the train stage": stages.get("train", {}).get("in_repro_s"),
+            "… of which train's fit": repro.get("fit_s"),
+            "`dvc exp run -S lr=…`": exp["seconds"],
+            "… outside the fit": exp.get("outside_fit_s"),
+            "no-op `dvc repro`": r["noop"]["seconds"],
+        }
+
+    now, then = loops(results), loops(before["results"])
+    lines = ["", f"Beside the figures measured {str(before.get('measured_at'))[:10]} at commit "
+                 f"{before.get('commit') or 'not recorded'} on {before.get('cpu') or 'an unrecorded CPU'} (medians):",
+             "", "| loop | before | now | before / now |", "| --- | --- | --- | --- |"]
+    for name, stats in now.items():
+        earlier = then.get(name)
+        if stats is None or earlier is None:
+            continue
+        lines.append(f"| {name} | {number(earlier['median'], ' s')} | {number(stats['median'], ' s')} | "
+                     f"{earlier['median'] / stats['median']:.1f}× |")
+    return lines
+
+
+BESIDE = {"pipeline": _pipeline_beside}
+
+RENDER = {"pipeline": _pipeline, "peers": peers_markdown, "training": _training, "numerics": _numerics, "scaling": _scaling, "predict": _predict,
           "catalogue": catalogue_markdown, "serving": serving_markdown, "tuning": tuning_markdown, "cuda": _cuda}
 
 
@@ -370,6 +404,8 @@ def markdown(document: dict) -> str:
             lines.append(f"**{name}**: failed: {entry['error']}")
             continue
         lines += render(entry["results"])
+        if entry.get("before") and name in BESIDE:
+            lines += BESIDE[name](entry["results"], entry["before"])
         commit = "" if entry["machine"].get("commit") else "; commit not recorded"
         lines += ["", f"({name}: measured {entry['measured_at']} by `{entry['command']}` on "
                       f"{_machine_line(entry['machine'])}{commit}{', quick run' if entry.get('quick') else ''}.)"]
