@@ -30,6 +30,7 @@ from pipeline.mlp_predictions import (MLP_PREDICTIONS, PREDICTED_SPLITS, ModelRe
 from pipeline.params import BootstrapParams, load_params
 from pipeline.report import (interval_text, model_card, novelty_csv, per_class_f1_csv, share_text, write_confusion_png,
                              write_loss_png, write_novelty_png)
+from pipeline.timing import seconds_since_start
 from spotify_genre.atomic import write_json, write_text
 from spotify_genre.errors import BundleError, DataError, PreprocessorMismatch, exits_cleanly
 from spotify_genre.predict.table import prediction_table, predictions_csv
@@ -189,7 +190,7 @@ def _read_labels() -> pd.DataFrame:
 
 @exits_cleanly
 def main(argv: list[str] | None = None) -> int:
-    started = time.perf_counter()
+    started, startup_seconds = time.perf_counter(), seconds_since_start()
     params = load_params()
     splits = read_processed_splits()
     split_report = read_report(SPLIT_REPORT, "split")
@@ -223,15 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     write_text(PREDICTIONS, predictions_csv(predictions))
     write_text(PER_CLASS_F1, per_class_f1_csv(metrics["per_class"]))
     write_text(NOVELTY_PLOT, novelty_csv(metrics["novelty"]["test"]))
+    figures_started = time.perf_counter()
     write_novelty_png(NOVELTY_PNG, metrics["novelty"]["test"])
     write_loss_png(LOSS_PNG, curves["train"], curves["val"], best_epoch)
     write_confusion_png(CONFUSION_PNG, row_normalised(counts), GENRES)
+    figures_seconds = time.perf_counter() - figures_started
     write_text(MODEL_CARD, model_card(
         metrics=metrics, data_sha256=record.data_sha256, split=split_report, anova=anova,
         preprocessor=preprocessor.to_dict(),
         feature_count=len(record.feature_names), architecture=dict(record.architecture), params=record.params,
         training=training, multi_genre_tracks=multi_genre_tracks(songs)))
-    write_json(TIMING, {"predictions_s": round(predict_seconds, 3), "metrics_s": round(metrics_seconds, 3),
+    write_json(TIMING, {"startup_s": startup_seconds, "predictions_s": round(predict_seconds, 3),
+                        "metrics_s": round(metrics_seconds, 3), "figures_s": round(figures_seconds, 3),
                         "total_s": round(time.perf_counter() - started, 3)})
 
     print("\n".join(summary_lines(metrics)))

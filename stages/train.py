@@ -27,6 +27,7 @@ from pipeline.mlp_fitting import EpochMetrics, FitResult, train_model
 from pipeline.mlp_predictions import (MLP_PREDICTIONS, PREDICTED_SPLITS, ModelRecord, file_sha256,
                                      write_mlp_predictions)
 from pipeline.params import load_params
+from pipeline.timing import seconds_since_start
 from spotify_genre.atomic import write_json
 from spotify_genre.errors import DataError, exits_cleanly
 from spotify_genre.model import load_bundle, predict_proba, resolve_device, save_bundle
@@ -94,7 +95,7 @@ def _install(staging: Path, live_dir: Path) -> None:
 
 
 def timing_report(result: FitResult, device: torch.device, threads: int, train_rows: int, val_rows: int,
-                  stage_seconds: float) -> dict:
+                  stage_seconds: float, parts: dict[str, float | None] | None = None) -> dict:
     """Time and throughput: they change from run to run, so they stay out of DVCLive's files and of Git."""
     epochs = result.stopped_epoch
     fit_seconds = sum(result.epoch_seconds)
@@ -110,6 +111,8 @@ def timing_report(result: FitResult, device: torch.device, threads: int, train_r
         "seconds_to_best_epoch": round(sum(result.epoch_seconds[:result.best_epoch]), 4),
         "train_samples_per_s": round(train_rows * epochs / result.train_seconds, 1),
         "stage_seconds": round(stage_seconds, 4),
+        # before main() (start-up and imports), then the steps after the fit: predicting val and test, DVCLive
+        **{name: None if value is None else round(value, 4) for name, value in (parts or {}).items()},
         "numerics": in_effect(),
     }
 
@@ -166,6 +169,7 @@ class _Progress:
 @exits_cleanly
 def main(argv: list[str] | None = None) -> int:
     stage_started = time.perf_counter()
+    startup_seconds = seconds_since_start()
     description = " ".join(__doc__.split("\n\n")[0].split())
     argparse.ArgumentParser(prog="python -m stages.train", description=description).parse_args(argv)
     params = load_params()
@@ -191,11 +195,16 @@ def main(argv: list[str] | None = None) -> int:
                 params={"lr": params.lr, "momentum": params.momentum, "batch_size": params.batch_size,
                         "train": config.model_dump()},
                 data_sha256=data_sha256)
+    predictions_started = time.perf_counter()
     write_predictions(read_processed_splits(PREDICTED_SPLITS))
+    tracking_started = time.perf_counter()
     write_tracking(result)
+    tracked = time.perf_counter()
 
     timing = timing_report(result, device, config.threads, len(train.labels), len(val.labels),
-                           time.perf_counter() - stage_started)
+                           time.perf_counter() - stage_started,
+                           {"startup_s": startup_seconds, "predictions_s": tracking_started - predictions_started,
+                            "tracking_s": tracked - tracking_started})
     write_json(TIMING_PATH, timing)
     best = result.best
     print(f"trained {timing['epochs']} epochs on {device} in {timing['fit_seconds']:.2f} s "
