@@ -11,7 +11,6 @@ Git and DVC ignore.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from pipeline.mlp_predictions import (MLP_PREDICTIONS, PREDICTED_SPLITS, ModelRe
 from pipeline.params import BootstrapParams, load_params
 from pipeline.report import (interval_text, model_card, novelty_csv, per_class_f1_csv, share_text, write_confusion_png,
                              write_loss_png, write_novelty_png)
-from pipeline.timing import seconds_since_start
+from pipeline.timing import exit_with, seconds_since_start
 from spotify_genre.atomic import write_json, write_text
 from spotify_genre.errors import BundleError, DataError, PreprocessorMismatch, exits_cleanly
 from spotify_genre.predict.table import prediction_table, predictions_csv
@@ -243,4 +242,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

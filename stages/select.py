@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import pandas as pd
 
 from pipeline.artifacts import ANOVA_REPORT, SPLIT_DIR, read_split
 from pipeline.params import SelectParams, load_params
+from pipeline.timing import exit_with
 from spotify_genre.atomic import write_json, write_text
 from spotify_genre.errors import DataError, ParamsError, exits_cleanly
 from spotify_genre.songs.features import candidate_features
@@ -149,4 +149,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

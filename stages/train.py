@@ -27,7 +27,7 @@ from pipeline.mlp_fitting import EpochMetrics, FitResult, train_model
 from pipeline.mlp_predictions import (MLP_PREDICTIONS, PREDICTED_SPLITS, ModelRecord, file_sha256,
                                      write_mlp_predictions)
 from pipeline.params import load_params
-from pipeline.timing import seconds_since_start
+from pipeline.timing import exit_with, seconds_since_start
 from spotify_genre.atomic import write_json
 from spotify_genre.errors import DataError, exits_cleanly
 from spotify_genre.model import load_bundle, predict_proba, resolve_device, save_bundle
@@ -215,4 +215,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)
