@@ -4,7 +4,9 @@ Stage times inside `dvc repro` come from DVC's own output, each line timestamped
 unbuffered): a stage's span runs from its "Running stage" line to the first line DVC writes after the stage's
 command (see stage_spans), so it includes DVC's work on that stage (hashing and caching its outputs). Each
 stage's command is also run alone, without DVC, in the same project, and the import of its module alone: the
-differences are DVC's share and the stage's start-up.
+differences are DVC's share and the stage's start-up. Each `dvc exp run` is also split into parts
+(outside_fit_parts): DVC outside the stages, and per stage its start-up, the steps it times itself in
+reports/timing/ (the fit, DVCLive, the figures, ...) and its exit with DVC's work on its outputs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ CLOSING = ("Updating lock file", "To track the changes with git", "To enable aut
 UP_TO_DATE = "Data and pipelines are up to date."
 LR_LINE = re.compile(r"^lr: .*$", re.MULTILINE)
 TRAIN_TIMING = Path("reports/timing/train.json")
+EVALUATE_TIMING = Path("reports/timing/evaluate.json")
 TARGETS = {"repro_s": 45.0, "exp_run_s": 15.0, "noop_s": 1.0}
 # The project's goals for what the user waits for beyond the model's own training (wall time minus the train
 # stage's fit_seconds).
@@ -125,10 +128,58 @@ def _alone_runs(ctx: Context, project: Path, measured: list[str]) -> tuple[dict,
     return alone, imports
 
 
+def _timing(project: Path, path: Path) -> dict:
+    try:
+        timing = json.loads((project / path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        timing = None
+    if not isinstance(timing, dict):
+        raise BenchError(f"{project / path}: no timing report; did the stage run?")
+    return timing
+
+
+def _number(timing: dict, key: str, path: Path) -> float:
+    value = timing.get(key)
+    if not isinstance(value, (int, float)):
+        raise BenchError(f"{path}: no {key}; the stage's timing report and the bench disagree")
+    return float(value)
+
+
+def outside_fit_parts(result: Run, project: Path) -> dict[str, float]:
+    """Where one run of train then evaluate under DVC spends its time, the fit and what is not the fit.
+
+    DVC's own work between and around the stages' spans (the experiment's Git bookkeeping, re-reading dvc.yaml
+    and dvc.lock, writing the lock file) is the run's time less the spans. Within a stage's span: the process's
+    start-up before main() (Python and the imports), then the steps each stage times itself, the rest of main(),
+    and what remains of the span: the process's exit and DVC's work on the stage's outputs (hashing, caching).
+    """
+    spans = stage_spans(result)
+    train, evaluate = _timing(project, TRAIN_TIMING), _timing(project, EVALUATE_TIMING)
+    train_n = {key: _number(train, key, TRAIN_TIMING)
+               for key in ("startup_s", "stage_seconds", "fit_seconds", "predictions_s", "tracking_s")}
+    evaluate_n = {key: _number(evaluate, key, EVALUATE_TIMING)
+                  for key in ("startup_s", "total_s", "predictions_s", "metrics_s", "figures_s")}
+    return {
+        "dvc_outside_stages_s": result.seconds - sum(spans.values()),
+        "train_startup_s": train_n["startup_s"],
+        "train_fit_s": train_n["fit_seconds"],
+        "train_predictions_s": train_n["predictions_s"],
+        "train_dvclive_s": train_n["tracking_s"],
+        "train_rest_of_main_s": train_n["stage_seconds"] - train_n["fit_seconds"] - train_n["predictions_s"]
+        - train_n["tracking_s"],
+        "train_exit_and_dvc_s": spans["train"] - train_n["startup_s"] - train_n["stage_seconds"],
+        "evaluate_startup_s": evaluate_n["startup_s"],
+        "evaluate_metrics_s": evaluate_n["metrics_s"],
+        "evaluate_figures_s": evaluate_n["figures_s"],
+        "evaluate_rest_of_main_s": evaluate_n["total_s"] - evaluate_n["metrics_s"] - evaluate_n["figures_s"],
+        "evaluate_exit_and_dvc_s": spans["evaluate"] - evaluate_n["startup_s"] - evaluate_n["total_s"],
+    }
+
+
 def _lr_runs(ctx: Context, project: Path, lrs: list[float], *,
-             experiment: bool) -> tuple[list[float], list, list[float]]:
+             experiment: bool) -> tuple[list[float], list, list[float], list[dict[str, float]]]:
     """`dvc exp run -S lr=...`, or the same lr written into params.yaml and `dvc repro`, once per value."""
-    seconds, epochs, outside = [], [], []
+    seconds, epochs, outside, parts = [], [], [], []
     params_file = project / "params.yaml"
     for lr in lrs:
         if experiment:
@@ -143,7 +194,8 @@ def _lr_runs(ctx: Context, project: Path, lrs: list[float], *,
         seconds.append(result.seconds)
         epochs.append(_epochs(project))
         outside.append(result.seconds - _fit_seconds(project))
-    return seconds, epochs, outside
+        parts.append(outside_fit_parts(result, project))
+    return seconds, epochs, outside, parts
 
 
 def measure(ctx: Context) -> dict:
@@ -166,8 +218,8 @@ def measure(ctx: Context) -> dict:
     lrs = [round(base_lr * (1.0 - 0.01 * i), 8) for i in range(1, 2 * ctx.runs + 1)]
     ctx.log(f"pipeline: `dvc exp run -S lr=...` x{ctx.runs}, then lr edited in params.yaml and `dvc repro` "
             f"x{ctx.runs} (the same stages, no experiment)")
-    exp, exp_epochs, exp_outside = _lr_runs(ctx, project, lrs[:ctx.runs], experiment=True)
-    edited, _, _ = _lr_runs(ctx, project, lrs[ctx.runs:], experiment=False)
+    exp, exp_epochs, exp_outside, exp_parts = _lr_runs(ctx, project, lrs[:ctx.runs], experiment=True)
+    edited, _, _, _ = _lr_runs(ctx, project, lrs[ctx.runs:], experiment=False)
 
     spans = [stage_spans(result) for result in full]
     totals = [result.seconds for result in full]
@@ -194,7 +246,8 @@ def measure(ctx: Context) -> dict:
         "repro_after_lr_edit": {"command": "lr edited in params.yaml, then dvc repro", "seconds": summary(edited)},
         "exp_run": {"command": "dvc exp run -S lr=<new value>", "lr_values": lrs[:ctx.runs],
                     "stages_run": ["train", "evaluate"],
-                    "seconds": summary(exp), "train_epochs": exp_epochs, "outside_fit_s": summary(exp_outside)},
+                    "seconds": summary(exp), "train_epochs": exp_epochs, "outside_fit_s": summary(exp_outside),
+                    "parts_s": {name: summary([part[name] for part in exp_parts]) for name in exp_parts[0]}},
         "startup": {"python_s": summary(python_start), "dvc_version_s": summary(dvc_start)},
         "targets": TARGETS,
         "overhead_targets": OVERHEAD_TARGETS,

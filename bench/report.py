@@ -257,7 +257,28 @@ def _pipeline(results: dict) -> list[str]:
               + f" `dvc exp run -S lr=…` used lr = {lrs} (a new value each time, so no run-cache hit) and ran "
               f"{' and '.join(exp['stages_run'])}. Start-up: Python {fig(startup['python_s'])}, `dvc --version` "
               f"{fig(startup['dvc_version_s'])}."]
+    if "parts_s" in exp:
+        lines += ["", "**`dvc exp run -S lr=…`, part by part** (each a median over the runs; the stages time their "
+                  "own steps in reports/timing/, DVC's share is what is left):", "",
+                  "| part | seconds |", "| --- | --- |"]
+        lines += [f"| {EXP_PARTS.get(name, name)} | {fig(value)} |" for name, value in exp["parts_s"].items()]
     return lines
+
+
+EXP_PARTS = {
+    "dvc_outside_stages_s": "DVC outside the stages (experiment bookkeeping, reading dvc.yaml and dvc.lock, the lock file)",
+    "train_startup_s": "train: start-up and imports (torch)",
+    "train_fit_s": "train: the fit (`fit_seconds`)",
+    "train_predictions_s": "train: val and test probabilities for evaluate",
+    "train_dvclive_s": "train: DVCLive",
+    "train_rest_of_main_s": "train: the rest of main() (reading, torch set-up and optimiser imports, the bundle)",
+    "train_exit_and_dvc_s": "train: process exit and DVC's work on its outputs",
+    "evaluate_startup_s": "evaluate: start-up and imports (pandas, matplotlib)",
+    "evaluate_metrics_s": "evaluate: metrics and bootstrap intervals",
+    "evaluate_figures_s": "evaluate: the PNG figures",
+    "evaluate_rest_of_main_s": "evaluate: the rest of main() (reading, predictions.csv, model card)",
+    "evaluate_exit_and_dvc_s": "evaluate: process exit and DVC's work on its outputs",
+}
 
 
 def _training(results: dict) -> list[str]:

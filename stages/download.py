@@ -10,6 +10,7 @@ from pathlib import Path
 from pipeline import sources
 from pipeline.artifacts import RAW_SONGS
 from pipeline.params import load_params
+from pipeline.timing import exit_with
 from spotify_genre.atomic import write_with
 from spotify_genre.errors import exits_cleanly
 
@@ -27,4 +28,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -1,6 +1,9 @@
 """Evaluate stage: the MLP's test and validation metrics with bootstrap intervals, the paired difference to each
 baseline, the same by how new a song is (spotify_genre/preprocessing/novelty.py), plots, model card.
 
+The MLP's probabilities come from the train stage (data/mlp/predictions.parquet, checked to be those of
+models/model.pt as it is), so this stage never loads torch.
+
 Every Git-tracked output is a pure function of the pipeline's data and params (no timings, no dates; the
 bootstrap's seed is a param), so a re-run writes the same bytes. Timings go to reports/timing/evaluate.json, which
 Git and DVC ignore.
@@ -8,7 +11,6 @@ Git and DVC ignore.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,14 +21,17 @@ import pandas as pd
 from pipeline.artifacts import (ANOVA_REPORT, BASELINE_PREDICTIONS, BASELINES, LOSS_CURVES, MODEL, PREPROCESSOR,
                                 SPLIT_REPORT, SPLITS, TRAINING_SUMMARY, BaselineReport, ProcessedSplit,
                                 processed_path, read_baseline_predictions, read_baselines, read_curve,
-                                read_model_inputs, read_processed_splits, read_report, read_split)
+                                read_processed_splits, read_report, read_split)
 from pipeline.bootstrap import bootstrap, observed_scores
 from pipeline.metrics import confusion_counts, headline_metrics, per_class_metrics, rounded, row_normalised
+from pipeline.mlp_predictions import (MLP_PREDICTIONS, PREDICTED_SPLITS, ModelRecord, file_sha256,
+                                     read_mlp_predictions)
 from pipeline.params import BootstrapParams, load_params
 from pipeline.report import (interval_text, model_card, novelty_csv, per_class_f1_csv, share_text, write_confusion_png,
                              write_loss_png, write_novelty_png)
+from pipeline.timing import exit_with, seconds_since_start
 from spotify_genre.atomic import write_json, write_text
-from spotify_genre.errors import BundleError, DataError, exits_cleanly
+from spotify_genre.errors import BundleError, DataError, PreprocessorMismatch, exits_cleanly
 from spotify_genre.predict.table import prediction_table, predictions_csv
 from spotify_genre.preprocessing import load_preprocessor
 from spotify_genre.preprocessing.novelty import ALBUM_ID, ARTIST, SLICES, KnownIds
@@ -135,6 +140,31 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def checked_record(record: ModelRecord, feature_names: tuple[str, ...], preprocessor_sha256: str,
+                   raw_sha256: str | None) -> None:
+    """The train stage's predictions are those of models/model.pt as it is, for these features and genres, made
+    with this preprocessor file, from the raw data the split stage read."""
+    if not MODEL.is_file():
+        raise BundleError(f"{MODEL}: model bundle not found (run `dvc repro train` to make it)")
+    if file_sha256(MODEL) != record.model_sha256:
+        raise BundleError(f"{MODEL}: not the model {MLP_PREDICTIONS} holds the predictions of; "
+                          "run `dvc repro train` again")
+    if record.preprocessor_sha256 != preprocessor_sha256:
+        raise PreprocessorMismatch(
+            f"{MODEL}: the model was trained with the preprocessor of sha256 {record.preprocessor_sha256[:12]}… "
+            f"({record.preprocessor_path}), not {PREPROCESSOR} ({preprocessor_sha256[:12]}…); "
+            "retrain with `dvc repro`")
+    if record.feature_names != list(feature_names):
+        raise BundleError(f"{MODEL}: the model's features are not those of {processed_path('test')} "
+                          "(retrain with `dvc repro`)")
+    if record.class_names != list(GENRES):
+        raise BundleError(f"{MODEL}: the model's classes are {', '.join(record.class_names)}, not "
+                          f"{', '.join(GENRES)} (retrain with `dvc repro`)")
+    if record.data_sha256 != raw_sha256:
+        raise BundleError(f"{MODEL} was trained on data with sha256 {record.data_sha256}, but {SPLIT_REPORT} "
+                          f"describes {raw_sha256}; run `dvc repro` to retrain")
+
+
 def novelty_codes(known: KnownIds | None, split: ProcessedSplit, name: str) -> np.ndarray:
     """Each row's novelty slice (index into SLICES) of a processed split, from the split's raw ids."""
     if known is None:
@@ -159,7 +189,7 @@ def _read_labels() -> pd.DataFrame:
 
 @exits_cleanly
 def main(argv: list[str] | None = None) -> int:
-    started = time.perf_counter()
+    started, startup_seconds = time.perf_counter(), seconds_since_start()
     params = load_params()
     splits = read_processed_splits()
     split_report = read_report(SPLIT_REPORT, "split")
@@ -172,17 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     curves = {name: read_curve(path, "loss") for name, path in LOSS_CURVES.items()}
     songs = _read_labels()
 
-    from spotify_genre.model import load_bundle, predict_proba
-
-    bundle = load_bundle(MODEL, feature_names=splits["test"].feature_names, class_names=GENRES,
-                         preprocessor_sha256=preprocessor.sha256, preprocessor_path=PREPROCESSOR)
-    if bundle.data_sha256 != split_report.get("raw_sha256"):
-        raise BundleError(f"{MODEL} was trained on data with sha256 {bundle.data_sha256}, but {SPLIT_REPORT} "
-                          f"describes {split_report.get('raw_sha256')}; run `dvc repro` to retrain")
-    text_encoder = bundle.architecture.get("text_encoder")
     predict_started = time.perf_counter()
-    test_proba = predict_proba(bundle.model, read_model_inputs("test", splits["test"], text_encoder))
-    val_proba = predict_proba(bundle.model, read_model_inputs("val", splits["val"], text_encoder))
+    record, probabilities = read_mlp_predictions({name: splits[name].track_ids for name in PREDICTED_SPLITS})
+    checked_record(record, splits["test"].feature_names, preprocessor.sha256, split_report.get("raw_sha256"))
+    test_proba, val_proba = probabilities["test"], probabilities["val"]
     predict_seconds = time.perf_counter() - predict_started
 
     metrics_started = time.perf_counter()
@@ -200,15 +223,18 @@ def main(argv: list[str] | None = None) -> int:
     write_text(PREDICTIONS, predictions_csv(predictions))
     write_text(PER_CLASS_F1, per_class_f1_csv(metrics["per_class"]))
     write_text(NOVELTY_PLOT, novelty_csv(metrics["novelty"]["test"]))
+    figures_started = time.perf_counter()
     write_novelty_png(NOVELTY_PNG, metrics["novelty"]["test"])
     write_loss_png(LOSS_PNG, curves["train"], curves["val"], best_epoch)
     write_confusion_png(CONFUSION_PNG, row_normalised(counts), GENRES)
+    figures_seconds = time.perf_counter() - figures_started
     write_text(MODEL_CARD, model_card(
-        metrics=metrics, data_sha256=bundle.data_sha256, split=split_report, anova=anova,
+        metrics=metrics, data_sha256=record.data_sha256, split=split_report, anova=anova,
         preprocessor=preprocessor.to_dict(),
-        feature_count=len(bundle.feature_names), architecture=dict(bundle.architecture), params=bundle.params,
+        feature_count=len(record.feature_names), architecture=dict(record.architecture), params=record.params,
         training=training, multi_genre_tracks=multi_genre_tracks(songs)))
-    write_json(TIMING, {"predict_s": round(predict_seconds, 3), "metrics_s": round(metrics_seconds, 3),
+    write_json(TIMING, {"startup_s": startup_seconds, "predictions_s": round(predict_seconds, 3),
+                        "metrics_s": round(metrics_seconds, 3), "figures_s": round(figures_seconds, 3),
                         "total_s": round(time.perf_counter() - started, 3)})
 
     print("\n".join(summary_lines(metrics)))
@@ -216,4 +242,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from typing import Any
 
 import pandas as pd
@@ -13,6 +12,7 @@ from pipeline.artifacts import (ANOVA_REPORT, PREPROCESSOR, SPLIT_REPORT, SPLITS
 from pipeline.params import PreprocessParams, load_params
 from pipeline.preprocessor_fitting import encode_labels, fit_model_inputs
 from pipeline.splitting import GROUP_BY, group_keys
+from pipeline.timing import exit_with
 from spotify_genre.errors import DataError, exits_cleanly
 from spotify_genre.preprocessing.preprocessor import Preprocessor, model_inputs, save_preprocessor
 from spotify_genre.songs.features import CANDIDATE_FEATURES
@@ -84,4 +84,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import sys
 
 import pandas as pd
 
 from pipeline.artifacts import RAW_SONGS, SPLIT_DIR, SPLIT_REPORT, SPLITS
 from pipeline.params import SplitParams, load_params
 from pipeline.splitting import METHOD, assign_splits, group_keys
+from pipeline.timing import exit_with
 from spotify_genre.atomic import write_json, write_parquet
 from spotify_genre.errors import DataError, exits_cleanly
 from spotify_genre.songs.schema import COLUMNS, GENRES, LABEL, RELEASE_DATE, TRACK_ID, read_songs, validate_songs
@@ -109,4 +109,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -1,9 +1,11 @@
 """Train stage: the MLP (optionally with periodic embeddings of its continuous inputs) with SGD and momentum
 (or AdamW), an LR schedule with optional warm-up, and early stopping, tracked by DVCLive.
 
-Inputs: data/processed/{train,val}.parquet and models/preprocessor.json. Outputs: models/model.pt (the weights of
-the best epoch), dvclive/metrics.json and dvclive/plots (per-epoch curves; no timings, so they are the same on
-every run), and reports/timing/train.json (time and throughput, outside Git and DVC).
+Inputs: data/processed/{train,val,test}.parquet and models/preprocessor.json. Outputs: models/model.pt (the
+weights of the best epoch), data/mlp/predictions.parquet (that model's probabilities of the val and test rows,
+predicted from the bundle as saved, for the evaluate stage, which so needs no torch; the test rows are read only
+then, after training), dvclive/metrics.json and dvclive/plots (per-epoch curves; no timings, so they are the
+same on every run), and reports/timing/train.json (time and throughput, outside Git and DVC).
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ from pathlib import Path
 
 import torch
 
-from pipeline.artifacts import LIVE_DIR, MODEL, PREPROCESSOR, processed_path, read_processed_splits
+from pipeline.artifacts import (LIVE_DIR, MODEL, PREPROCESSOR, ProcessedSplit, processed_path, read_model_inputs,
+                                read_processed_splits)
 from pipeline.mlp_fitting import EpochMetrics, FitResult, train_model
+from pipeline.mlp_predictions import (MLP_PREDICTIONS, PREDICTED_SPLITS, ModelRecord, file_sha256,
+                                     write_mlp_predictions)
 from pipeline.params import load_params
+from pipeline.timing import exit_with, seconds_since_start
 from spotify_genre.atomic import write_json
 from spotify_genre.errors import DataError, exits_cleanly
-from spotify_genre.model import resolve_device, save_bundle
+from spotify_genre.model import load_bundle, predict_proba, resolve_device, save_bundle
 from spotify_genre.numerics import in_effect
 from spotify_genre.preprocessing import load_preprocessor
 from spotify_genre.songs import GENRES
@@ -89,7 +95,7 @@ def _install(staging: Path, live_dir: Path) -> None:
 
 
 def timing_report(result: FitResult, device: torch.device, threads: int, train_rows: int, val_rows: int,
-                  stage_seconds: float) -> dict:
+                  stage_seconds: float, parts: dict[str, float | None] | None = None) -> dict:
     """Time and throughput: they change from run to run, so they stay out of DVCLive's files and of Git."""
     epochs = result.stopped_epoch
     fit_seconds = sum(result.epoch_seconds)
@@ -105,6 +111,8 @@ def timing_report(result: FitResult, device: torch.device, threads: int, train_r
         "seconds_to_best_epoch": round(sum(result.epoch_seconds[:result.best_epoch]), 4),
         "train_samples_per_s": round(train_rows * epochs / result.train_seconds, 1),
         "stage_seconds": round(stage_seconds, 4),
+        # before main() (start-up and imports), then the steps after the fit: predicting val and test, DVCLive
+        **{name: None if value is None else round(value, 4) for name, value in (parts or {}).items()},
         "numerics": in_effect(),
     }
 
@@ -113,6 +121,22 @@ def _preprocessor_reference() -> tuple[dict, str]:
     """The preprocessor file for the bundle to record ({path, sha256}), and the raw data's sha256 it records."""
     preprocessor = load_preprocessor(PREPROCESSOR)
     return {"path": PREPROCESSOR.as_posix(), "sha256": preprocessor.sha256}, preprocessor.data_sha256
+
+
+def write_predictions(splits: dict[str, ProcessedSplit], path: Path = MLP_PREDICTIONS) -> None:
+    """The saved bundle's probabilities of the val and test rows, as evaluate would compute them: loaded back from
+    MODEL and predicted the one way every reader of a bundle does (spotify_genre.model.predict_proba)."""
+    bundle = load_bundle(MODEL, feature_names=splits["val"].feature_names, class_names=GENRES)
+    text_encoder = bundle.architecture.get("text_encoder")
+    record = ModelRecord(
+        model_sha256=file_sha256(MODEL), architecture=dict(bundle.architecture),
+        feature_names=list(bundle.feature_names), class_names=list(bundle.class_names),
+        preprocessor_path=bundle.preprocessor.path, preprocessor_sha256=bundle.preprocessor.sha256,
+        params=bundle.params, data_sha256=bundle.data_sha256)
+    write_mlp_predictions(path, record, {
+        name: (splits[name].track_ids,
+               predict_proba(bundle.model, read_model_inputs(name, splits[name], text_encoder)))
+        for name in PREDICTED_SPLITS})
 
 
 class _Progress:
@@ -145,6 +169,7 @@ class _Progress:
 @exits_cleanly
 def main(argv: list[str] | None = None) -> int:
     stage_started = time.perf_counter()
+    startup_seconds = seconds_since_start()
     description = " ".join(__doc__.split("\n\n")[0].split())
     argparse.ArgumentParser(prog="python -m stages.train", description=description).parse_args(argv)
     params = load_params()
@@ -170,10 +195,16 @@ def main(argv: list[str] | None = None) -> int:
                 params={"lr": params.lr, "momentum": params.momentum, "batch_size": params.batch_size,
                         "train": config.model_dump()},
                 data_sha256=data_sha256)
+    predictions_started = time.perf_counter()
+    write_predictions(read_processed_splits(PREDICTED_SPLITS))
+    tracking_started = time.perf_counter()
     write_tracking(result)
+    tracked = time.perf_counter()
 
     timing = timing_report(result, device, config.threads, len(train.labels), len(val.labels),
-                           time.perf_counter() - stage_started)
+                           time.perf_counter() - stage_started,
+                           {"startup_s": startup_seconds, "predictions_s": tracking_started - predictions_started,
+                            "tracking_s": tracked - tracking_started})
     write_json(TIMING_PATH, timing)
     best = result.best
     print(f"trained {timing['epochs']} epochs on {device} in {timing['fit_seconds']:.2f} s "
@@ -184,4 +215,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -3,6 +3,7 @@ byte-stable outputs, and one clear line for every bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -21,6 +22,7 @@ from pipeline import artifacts
 from pipeline.artifacts import BASELINE_PREDICTIONS, ProcessedSplit, write_baseline_predictions, write_processed
 from pipeline.metrics import (confusion_counts, headline_metrics, label_metrics, per_class_metrics, rounded,
                               row_normalised)
+from pipeline.mlp_predictions import MLP_PREDICTIONS, PREDICTED_SPLITS, read_mlp_predictions
 from pipeline.params import parse_params
 from pipeline.preprocessor_fitting import fit_model_inputs
 from pipeline.report import novelty_peer_table, novelty_table, results_table
@@ -28,7 +30,7 @@ from pipeline.synthetic import synthetic_songs
 from spotify_genre.errors import DataError
 from spotify_genre.preprocessing.preprocessor import load_preprocessor, save_preprocessor
 from spotify_genre.songs.schema import GENRES
-from stages import evaluate
+from stages import evaluate, train
 from tests.conftest import ROOT, default_params, with_overrides
 
 # A fixed, hand-checkable example over three classes: 10 songs, 6 right. Its confusion matrix (rows actual,
@@ -216,6 +218,8 @@ def _write_world(root: Path, params_overrides: dict) -> dict[str, ProcessedSplit
                 preprocessor={"path": "models/preprocessor.json",
                               "sha256": hashlib.sha256(preprocessor.read_bytes()).hexdigest()},
                 params={"lr": 0.1, "momentum": 0.9, "train": {"hidden_sizes": [16]}}, data_sha256=SHA)
+    with contextlib.chdir(root):  # the train stage's own step: the saved bundle's val and test probabilities
+        train.write_predictions({name: splits[name] for name in PREDICTED_SPLITS})
     return splits
 
 
@@ -413,7 +417,8 @@ def test_stage_writes_every_output_with_the_expected_content(world, capsys):
     assert "## Intended use" in card and "2024-11-27" in card and "another extractor" in card
 
     timing = json.loads((root / evaluate.TIMING).read_text())
-    assert timing["total_s"] >= timing["predict_s"] >= 0
+    assert timing["total_s"] >= timing["predictions_s"] + timing["metrics_s"] + timing["figures_s"]
+    assert timing["figures_s"] > 0 and "startup_s" in timing
 
 
 def test_stage_outputs_are_byte_identical_run_to_run(world):
@@ -456,6 +461,7 @@ def test_the_majority_alone_has_no_strongest_peer_and_a_peer_must_be_named():
 
 @pytest.mark.parametrize("broken, message", [
     ("models/model.pt", "models/model.pt: model bundle not found"),
+    (str(MLP_PREDICTIONS), f"{MLP_PREDICTIONS}: not found; run `dvc repro train` first"),
     ("data/processed/test.parquet", "data/processed/test.parquet: not found; run `dvc repro preprocess` first"),
     ("reports/anova.json", "reports/anova.json: not found; run `dvc repro select` first"),
     ("reports/baselines.json", "reports/baselines.json: not found; run `dvc repro baselines` first"),
@@ -482,6 +488,45 @@ def test_a_model_trained_on_other_data_is_refused(world, capsys):
     (root / "reports/split.json").write_text(json.dumps(report))
     assert evaluate.main([]) == 5
     assert "was trained on data with sha256" in capsys.readouterr().err
+
+
+def test_the_predictions_are_those_of_the_model_as_it_is(world, capsys):
+    """The train stage's probabilities are what evaluate scores: those of models/model.pt, bit for bit, and a
+    bundle replaced since (another run's, say) is refused in one line, before any output."""
+    from spotify_genre.model import load_bundle, predict_proba
+
+    root, splits = world
+    _, probabilities = read_mlp_predictions({name: splits[name].track_ids for name in PREDICTED_SPLITS})
+    bundle = load_bundle(root / "models" / "model.pt")
+    for name in PREDICTED_SPLITS:
+        assert np.array_equal(probabilities[name], predict_proba(bundle.model, splits[name].features))
+    model = root / "models" / "model.pt"
+    model.write_bytes(model.read_bytes() + b"\0")
+    assert evaluate.main([]) == 5
+    err = capsys.readouterr().err
+    assert err == f"error: models/model.pt: not the model {MLP_PREDICTIONS} holds the predictions of; " \
+                  "run `dvc repro train` again\n"
+    assert not (root / evaluate.METRICS).exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ("rows", f"{MLP_PREDICTIONS}: its test rows are not those of data/processed/test.parquet"),
+    ("record", f"{MLP_PREDICTIONS}: records no model"),
+])
+def test_a_predictions_file_that_does_not_fit_is_one_clear_line(world, capsys, change, message):
+    import pyarrow.parquet as pq
+
+    root, _ = world
+    table = pq.read_table(root / MLP_PREDICTIONS)
+    if change == "rows":
+        table = table.slice(0, table.num_rows - 1)
+    else:
+        table = table.replace_schema_metadata({})
+    pq.write_table(table, root / MLP_PREDICTIONS)
+    assert evaluate.main([]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (root / evaluate.METRICS).exists()
 
 
 @pytest.mark.parametrize("which", ["refitted on other songs", "one number changed"])

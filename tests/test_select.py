@@ -41,9 +41,38 @@ def test_table_equals_sklearn_f_classif_on_the_same_rows(train):
         assert by_name[name]["f_statistic"] == select.significant(f_expected[i])
         assert by_name[name]["p_value"] == select.significant(p_expected[i])
     table = select.anova_table(imputed, train[LABEL])
-    np.testing.assert_allclose(table["f_statistic"], f_expected, rtol=1e-12)
+    assert table["f_statistic"].to_numpy().tobytes() == f_expected.tobytes()
+    assert table["p_value"].to_numpy().tobytes() == p_expected.tobytes()
     assert report["n_train_rows"] == len(train)
     assert "median" in report["rule"]["missing_values"]
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_the_stages_f_classif_is_sklearns_to_the_bit(train, order):
+    """select.f_classif repeats scikit-learn's computation (so the stage need not import it): the same bits for
+    both memory layouts (a column sum runs in another order on each), a constant column's NaN included."""
+    features = candidate_features(train, CANDIDATE_FEATURES)
+    values = np.asarray(features.fillna(features.median()).to_numpy(dtype=np.float64), order=order)
+    values[:, 3] = 2.5  # constant: F is 0/0
+    labels = train[LABEL].to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"), pytest.warns(UserWarning, match="are constant"):
+        expected = f_classif(values, labels)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        got = select.f_classif(values, labels)
+    for mine, theirs in zip(got, expected):
+        assert mine.tobytes() == theirs.tobytes()
+    assert np.isnan(got[0][3])
+
+
+def test_the_stage_does_not_import_scikit_learn(tmp_path):
+    """What the stage's own f_classif saves: neither scikit-learn nor scipy.stats is loaded to run it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, stages.select, numpy as np; stages.select.f_classif(np.arange(8.0).reshape(4, 2), "
+            "np.array(['a', 'b'] * 2, dtype=object)); print(sorted({'sklearn', 'scipy.stats'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_eta_squared_by_hand():

@@ -66,7 +66,7 @@ def test_the_text_changes_the_prediction_and_padding_does_not_leak(kind):
 def _with_texts(root, rng: np.random.Generator) -> None:
     """data/split files with the processed rows' track ids and a title that hints at the genre."""
     words = {0: "drop", 1: "amor", 2: "baby", 3: "soul", 4: "yo", 5: "riff"}
-    for name in ("train", "val"):
+    for name in ("train", "val", "test"):
         split = read_processed(root / f"data/processed/{name}.parquet")
         titles = [f"{words[label]} {rng.integers(100)}" for label in split.labels]
         songs = pd.DataFrame({"track_id": split.track_ids, "track_name": titles,

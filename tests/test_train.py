@@ -17,6 +17,7 @@ import yaml
 from pipeline import mlp_fitting as training
 from pipeline.artifacts import ProcessedSplit, read_processed, write_processed
 from pipeline.metrics import confusion_counts, macro_f1
+from pipeline.mlp_predictions import MLP_PREDICTIONS, PREDICTED_SPLITS, read_mlp_predictions
 from pipeline.params import parse_params
 from pipeline.preprocessor_fitting import fit_preprocessor
 from pipeline.subgenres import fit_subgenres
@@ -70,6 +71,8 @@ def make_inputs(root: Path, rows: int = 2400, *, overrides: dict | None = None, 
         val_split = ProcessedSplit(val_split.features, labels, val_split.track_ids, val_split.feature_names)
     write_processed(root / "data/processed/train.parquet", train_split)
     write_processed(root / "data/processed/val.parquet", val_split)
+    # The stage predicts the test split after training, for evaluate: here the validation rows again.
+    write_processed(root / "data/processed/test.parquet", val_split)
     save_preprocessor(root / "models/preprocessor.json", preprocessor)
     write_params(root, {**QUICK, **(overrides or {})})
     return root
@@ -157,6 +160,25 @@ def test_two_runs_are_bit_identical(two_runs):
         assert raw[0][name].numpy().tobytes() == raw[1][name].numpy().tobytes(), name
     assert (first / "models/model.pt").read_bytes() == (second / "models/model.pt").read_bytes()
     assert tree(first / "dvclive") == tree(second / "dvclive")
+    assert (first / MLP_PREDICTIONS).read_bytes() == (second / MLP_PREDICTIONS).read_bytes()
+
+
+def test_the_predictions_for_evaluate_are_the_saved_bundles(two_runs):
+    """data/mlp/predictions.parquet: what a reader of models/model.pt predicts for the val and test rows, bit for
+    bit, and a record of that bundle (its sha256 and what the model card reports)."""
+    root, _ = two_runs
+    splits = {name: read_processed(root / f"data/processed/{name}.parquet") for name in PREDICTED_SPLITS}
+    record, probabilities = read_mlp_predictions({name: split.track_ids for name, split in splits.items()},
+                                                 root / MLP_PREDICTIONS)
+    bundle = load_bundle(root / "models/model.pt")
+    for name, split in splits.items():
+        assert np.array_equal(probabilities[name], predict_proba(bundle.model, split.features)), name
+    assert record.model_sha256 == hashlib.sha256((root / "models/model.pt").read_bytes()).hexdigest()
+    assert (record.feature_names, record.class_names) == (list(bundle.feature_names), list(bundle.class_names))
+    assert (record.architecture, record.params, record.data_sha256) == (bundle.architecture, bundle.params,
+                                                                         bundle.data_sha256)
+    assert record.preprocessor_sha256 == bundle.preprocessor.sha256 == hashlib.sha256(
+        (root / "models/preprocessor.json").read_bytes()).hexdigest()
 
 
 def test_dvclive_writes_only_the_declared_files_every_epoch(two_runs):
@@ -219,6 +241,10 @@ def test_timing_is_reported_outside_the_tracked_files(two_runs):
     assert timing["epochs"] == summary["stopped_epoch"] and timing["best_epoch"] == summary["best_epoch"]
     assert timing["train_samples_per_s"] > 0 and timing["fit_seconds"] > 0 and timing["device"] == "cpu"
     assert timing["train_rows"] == 1800 and timing["val_rows"] == 600
+    # the stage's other steps, for the pipeline bench's breakdown of what is not the fit
+    assert timing["stage_seconds"] > timing["fit_seconds"] + timing["predictions_s"] + timing["tracking_s"]
+    assert timing["predictions_s"] > 0 and timing["tracking_s"] > 0
+    assert "startup_s" in timing  # a process's start is read from /proc: None where there is none
 
 
 def test_progress_is_one_plain_line_per_epoch_off_a_terminal(tmp_path, monkeypatch, capsys):
