@@ -7,7 +7,6 @@ evaluate stage puts them beside the MLP: their scores, and their test prediction
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from pipeline.artifacts import (BASELINE_PREDICTIONS, BASELINES, SPLITS, Process
 from pipeline.metrics import label_metrics, rounded
 from pipeline.params import BaselinesParams, load_params
 from pipeline.peers import fit_peer
+from pipeline.timing import exit_with
 from spotify_genre.atomic import write_json
 from spotify_genre.errors import exits_cleanly
 from spotify_genre.songs.schema import GENRES
@@ -110,4 +110,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)
