@@ -85,20 +85,82 @@ def lr_factor(epoch: int, config: TrainParams) -> float:
     return 1.0
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainParams):
+class MomentumSGD:
+    """torch.optim.SGD's update with momentum and weight decay (no dampening, no Nesterov), its CPU path operation
+    for operation, so the weights come out the same to the bit. torch.optim is not used because its optimisers
+    import torch._dynamo (and with it sympy) at construction and at every step: about a second of each training
+    run's start-up on a 2-core CPU, for a compiler this loop never uses."""
+
+    def __init__(self, params, lr: float, momentum: float, weight_decay: float):
+        self.params = [param for param in params if param.requires_grad]
+        self.param_groups = [{"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "dampening": 0.0,
+                              "nesterov": False}]
+        self.momentum_buffers: list[torch.Tensor | None] = [None] * len(self.params)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for param in self.params:
+            if set_to_none:
+                param.grad = None
+            elif param.grad is not None:
+                param.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group = self.param_groups[0]
+        lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
+        for i, param in enumerate(self.params):
+            if param.grad is None:
+                continue
+            grad = param.grad
+            if weight_decay != 0:
+                grad = grad.add(param, alpha=weight_decay)
+            if momentum != 0:
+                buffer = self.momentum_buffers[i]
+                if buffer is None:
+                    buffer = grad.detach().clone()
+                    self.momentum_buffers[i] = buffer
+                else:
+                    buffer.mul_(momentum).add_(grad, alpha=1.0)
+                grad = buffer
+            param.add_(grad, alpha=-lr)
+
+
+class EpochSchedule:
+    """The learning rate of each epoch set to the base rate times lr_factor(epoch), as torch's LambdaLR sets it
+    (the same product), for any optimiser with param_groups."""
+
+    def __init__(self, optimizer, config: TrainParams):
+        self.optimizer, self.config, self.epoch = optimizer, config, 0
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self._apply()
+
+    def step(self) -> None:
+        self.epoch += 1
+        self._apply()
+
+    def _apply(self) -> None:
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * lr_factor(self.epoch, self.config)
+
+
+def make_scheduler(optimizer, config: TrainParams):
     if config.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=config.gamma, patience=config.plateau_patience,
             threshold=config.min_delta, threshold_mode="abs")
     if config.schedule == "none" and not config.warmup_epochs:
         return None
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, config))
+    return EpochSchedule(optimizer, config)
 
 
-def make_optimizer(model: nn.Module, lr: float, momentum: float, config: TrainParams) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, lr: float, momentum: float, config: TrainParams):
+    """AdamW, or SGD with momentum: torch's own where the plateau schedule (torch's ReduceLROnPlateau) needs it,
+    else MomentumSGD."""
     if config.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=config.weight_decay)
+    if config.schedule == "plateau":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=config.weight_decay)
+    return MomentumSGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=config.weight_decay)
 
 
 def continuous_columns(features: np.ndarray) -> list[int]:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from spotify_genre.preprocessing.preprocessor import Preprocessor, save_preproce
 from spotify_genre.songs.features import candidate_features
 from spotify_genre.songs.schema import GENRES
 from stages import train
-from tests.conftest import default_params, with_overrides
+from tests.conftest import ROOT, default_params, with_overrides
 
 NUMERIC = ("danceability", "energy", "loudness", "speechiness", "acousticness", "instrumentalness", "liveness",
            "valence", "tempo", "duration_ms", "track_popularity")
@@ -363,10 +364,61 @@ def _optimizer(name: str) -> torch.optim.Optimizer:
 
 def test_sgd_takes_the_momentum_and_weight_decay():
     optimizer = _optimizer("sgd")
-    assert type(optimizer) is torch.optim.SGD
+    assert type(optimizer) is training.MomentumSGD
     group = optimizer.param_groups[0]
     assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.2, 0.8, 0.01)
     assert group["nesterov"] is False and group["dampening"] == 0
+
+
+@pytest.mark.parametrize("schedule, warmup", [("cosine", 2), ("step", 0), ("none", 1)])
+def test_momentum_sgd_and_its_schedule_give_torch_optims_weights_to_the_bit(schedule, warmup):
+    """MomentumSGD with EpochSchedule against torch.optim.SGD with LambdaLR, from the same weights, on the same
+    batches, over several epochs of a small MLP with batch norm, dropout, weight decay and momentum."""
+    config = parse_params(with_overrides(default_params(), {
+        "train.schedule": schedule, "train.warmup_epochs": warmup, "train.max_epochs": 6, "train.step_size": 2,
+        "train.weight_decay": 0.01})).train
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.normal(size=(64, 5)), dtype=torch.float32)
+    y = torch.tensor(rng.integers(0, 3, 64))
+
+    def trained(ours: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = build_mlp(5, 3, [8], 0.2)
+        if ours:
+            optimizer = training.make_optimizer(model, 0.1, 0.9, config)
+            scheduler = training.make_scheduler(optimizer, config)
+        else:
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                          lambda epoch: training.lr_factor(epoch, config))
+        for _ in range(6):
+            for start in range(0, 64, 16):
+                optimizer.zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(model(x[start:start + 16]), y[start:start + 16]).backward()
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+        return [tensor.detach().clone() for tensor in model.state_dict().values()]
+
+    assert all(torch.equal(a, b) for a, b in zip(trained(True), trained(False), strict=True))
+
+
+def test_training_with_the_default_params_does_not_import_torchs_compiler():
+    """torch.optim's optimisers import torch._dynamo (and sympy), about a second of start-up; the default
+    optimiser does not need them. A fresh process, as a stage is."""
+    code = ("import stages, sys, numpy as np, torch\n"
+            "from pipeline import mlp_fitting as training\n"
+            "from pipeline.params import load_params\n"
+            "from spotify_genre.model.network import build_mlp\n"
+            "config = load_params().train\n"
+            "model = build_mlp(4, 6, [8], 0.2)\n"
+            "optimizer = training.make_optimizer(model, 0.05, 0.9, config)\n"
+            "scheduler = training.make_scheduler(optimizer, config)\n"
+            "model(torch.randn(8, 4)).sum().backward(); optimizer.step(); scheduler.step()\n"
+            "print(sorted(name for name in ('torch._dynamo', 'sympy') if name in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_adamw_has_no_momentum_but_its_default_betas_and_the_weight_decay():
