@@ -318,18 +318,22 @@ REMEDIES = ("data/external/", "30000-spotify-songs.zip", "KAGGLE_USERNAME and KA
             "~/.kaggle/kaggle.json", "dvc exp run -S data.source=synthetic")
 
 
-def offline_env(home: Path) -> dict[str, str]:
+def offline_proxies() -> dict[str, str]:
     """No network: every request goes to a proxy on a loopback port where nothing listens."""
     proxy = f"http://127.0.0.1:{free_port()}"
-    return clean_env(home, HTTP_PROXY=proxy, HTTPS_PROXY=proxy, http_proxy=proxy, https_proxy=proxy)
+    return {"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy}
 
 
-def test_offline_with_no_local_copy_or_credentials_lists_the_remedies(tmp_path):
+def offline_env(home: Path) -> dict[str, str]:
+    return clean_env(home, **offline_proxies())
+
+
+def test_offline_with_no_local_copy_or_credentials_lists_the_remedies(tmp_path, in_process):
     folder = stage_dir(tmp_path)  # the defaults: auto, the real URL
     started = time.monotonic()
-    result = run_stage(folder, offline_env(folder / "home"))
+    code, _, err = in_process(folder, **offline_proxies())
     assert time.monotonic() - started < 10
-    assert_failed_cleanly(folder, result.returncode, result.stderr, "cannot connect", *REMEDIES)
+    assert_failed_cleanly(folder, code, err, "cannot connect", *REMEDIES)
 
 
 @pytest.mark.e2e
@@ -521,13 +525,13 @@ def test_bad_data_through_the_file_channel(tmp_path, in_process, bad_files, name
 
 
 @pytest.mark.parametrize("name", sorted(BAD_DATA))
-def test_bad_data_through_the_auto_channel(tmp_path, bad_files, name):
+def test_bad_data_through_the_auto_channel(tmp_path, in_process, bad_files, name):
     folder = stage_dir(tmp_path, sha256=None)
     local = folder / "data" / "external" / ("30000-spotify-songs.zip" if name.endswith(".zip") else "spotify_songs.csv")
     local.parent.mkdir(parents=True)
     shutil.copyfile(bad_files[name], local)
-    result = run_stage(folder, offline_env(folder / "home"))
-    assert_failed_cleanly(folder, result.returncode, result.stderr, str(local.relative_to(folder)), *BAD_DATA[name])
+    code, _, err = in_process(folder, **offline_proxies())
+    assert_failed_cleanly(folder, code, err, str(local.relative_to(folder)), *BAD_DATA[name])
 
 
 def test_bad_data_is_caught_with_the_pin_set_too(tmp_path, in_process):
