@@ -482,11 +482,14 @@ def pipeline(synthetic_pipeline) -> Path:
 
 
 @pytest.mark.e2e
-def test_predictions_on_the_test_split_equal_the_evaluate_stage(pipeline):
-    pd.read_parquet(pipeline / "data" / "split" / "test.parquet").to_csv(pipeline / "test.csv", index=False)
-    result = run([str(BIN / "spotify-genre"), "predict", "test.csv", "-o", "predicted.csv"], pipeline)
+def test_predictions_on_the_test_split_equal_the_evaluate_stage(pipeline, tmp_path):
+    """Run in the project, so predict finds models/ where it looks by default; the songs and predictions are kept
+    outside it, which other tests read at the same time."""
+    pd.read_parquet(pipeline / "data" / "split" / "test.parquet").to_csv(tmp_path / "test.csv", index=False)
+    result = run([str(BIN / "spotify-genre"), "predict", str(tmp_path / "test.csv"), "-o",
+                  str(tmp_path / "predicted.csv")], pipeline)
     assert result.stderr == ""
-    ours = pd.read_csv(pipeline / "predicted.csv", dtype=str, keep_default_na=False)
+    ours = pd.read_csv(tmp_path / "predicted.csv", dtype=str, keep_default_na=False)
     evaluated = pd.read_csv(pipeline / "reports" / "predictions.csv", dtype=str, keep_default_na=False)
     assert len(ours) == len(evaluated) > 0
     assert ours.equals(evaluated.drop(columns="actual"))
