@@ -143,6 +143,7 @@ def kaggle_credentials(style: str, home: Path) -> dict[str, str]:
     return {"KAGGLE_USERNAME": USERNAME, "KAGGLE_KEY": KEY}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style", ["KAGGLE_USERNAME/KAGGLE_KEY", "KAGGLE_API_TOKEN", "kaggle.json"])
 def test_kaggle_channel_downloads_through_the_official_client(tmp_path, songs_csv, songs_zip, style):
     folder = stage_dir(tmp_path, source="kaggle", sha256=sha256(songs_csv))
@@ -156,6 +157,7 @@ def test_kaggle_channel_downloads_through_the_official_client(tmp_path, songs_cs
     assert KEY not in result.stdout + result.stderr and TOKEN not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_kaggle_refusing_the_credentials_is_one_clear_line_without_them(tmp_path, songs_csv, songs_zip):
     folder = stage_dir(tmp_path, source="kaggle", sha256=sha256(songs_csv))
     wrong_key = "standin-wrong-key-55d1e0"
@@ -167,6 +169,7 @@ def test_kaggle_refusing_the_credentials_is_one_clear_line_without_them(tmp_path
     assert wrong_key not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_kaggle_unknown_dataset_names_the_param(tmp_path, songs_zip):
     folder = stage_dir(tmp_path, source="kaggle", kaggle_dataset="someone/no-such-songs")
     with KaggleStandIn(songs_zip, username=USERNAME, key=KEY) as kaggle:
@@ -181,6 +184,7 @@ def test_kaggle_channel_without_credentials_says_how_to_configure_them(tmp_path,
     assert_failed_cleanly(folder, code, err, "no Kaggle credentials", "KAGGLE_USERNAME", "KAGGLE_API_TOKEN")
 
 
+@pytest.mark.slow
 def test_loading_the_kaggle_client_neither_authenticates_nor_prints(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
@@ -281,6 +285,7 @@ def test_url_channel_failures(tmp_path, in_process, songs_csv, case, reply, expe
     assert elapsed < 8  # timeouts of 0.5 s and one backoff of 1 s, not the server's 10 s stall
 
 
+@pytest.mark.slow
 def test_url_channel_shows_a_progress_bar_on_a_terminal(tmp_path, songs_csv):
     with FileServer() as server:
         url = server.serve("/spotify_songs.csv", Reply(songs_csv))
@@ -454,6 +459,7 @@ def test_auto_reads_the_first_local_copy_and_touches_no_network(tmp_path, in_pro
     assert sum(server.hits.values()) == 0
 
 
+@pytest.mark.slow
 def test_auto_uses_kaggle_when_credentials_are_configured(tmp_path, songs_csv, songs_zip):
     folder = stage_dir(tmp_path, sha256=sha256(songs_csv))
     with KaggleStandIn(songs_zip, username=USERNAME, key=KEY) as kaggle:
