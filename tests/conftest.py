@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fcntl
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,19 @@ import yaml
 
 from pipeline.params import with_values as with_overrides
 from pipeline.tools import child_env
+from spotify_genre import numerics
+
+# The pinned variables as they were before the pin, {name: value or None}, handed down to pytest-xdist's workers.
+# pytest imports spotify_genre.numerics, and so pins, while it reads the filterwarnings setting, before any
+# conftest; a worker is started by a parent that has already pinned, so it would take the pinned values for its own
+# "before", and its "unpinned" children (the negative controls, the fresh processes that must pin themselves) would
+# run pinned. A worker takes its parent's record instead.
+ENV_BEFORE_PIN = "SPOTIFY_GENRE_TESTS_ENV_BEFORE_PIN"
+if ENV_BEFORE_PIN in os.environ:
+    numerics._BEFORE_PIN.update(json.loads(os.environ[ENV_BEFORE_PIN]))
+else:
+    _before = numerics.unpinned_environment()
+    os.environ[ENV_BEFORE_PIN] = json.dumps({name: _before.get(name) for name in numerics.PINNED})
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
