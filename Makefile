@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 help:
 	@echo "make repro      set up .venv and run the DVC pipeline (dvc repro)"
 	@echo "make test       set up .venv and run the whole test suite"
-	@echo "make test-fast  unit tests only (no dvc end-to-end runs)"
+	@echo "make test-fast  unit tests and the core promises (no emulators, servers or other dvc end-to-end runs)"
 	@echo "make test-install  pip install . into a fresh venv: predict works, no pipeline packages (minutes)"
 	@echo "make sweep      queue and run the default hyperparameter grid, then compare"
 	@echo "make seeds      the pipeline per report seed and split protocol as experiments: the README's headline table"
@@ -34,11 +34,14 @@ install: $(STAMP)
 repro: $(STAMP)
 	$(BIN)/dvc repro
 
+# The whole suite on TEST_WORKERS processes, a test file to each in turn (docs/testing.md).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
+# The inner loop: the unit tests and the core promises marked `core`; no dvc end-to-end runs, emulators or servers.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not e2e and not install"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "core or not (e2e or slow or emulator or postgres or realdata or install)"
 
 test-install: $(STAMP)
 	$(BIN)/python -m pytest -m install

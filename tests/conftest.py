@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +17,19 @@ import yaml
 
 from pipeline.params import with_values as with_overrides
 from pipeline.tools import child_env
+from spotify_genre import numerics
+
+# The pinned variables as they were before the pin, {name: value or None}, handed down to pytest-xdist's workers.
+# pytest imports spotify_genre.numerics, and so pins, while it reads the filterwarnings setting, before any
+# conftest; a worker is started by a parent that has already pinned, so it would take the pinned values for its own
+# "before", and its "unpinned" children (the negative controls, the fresh processes that must pin themselves) would
+# run pinned. A worker takes its parent's record instead.
+ENV_BEFORE_PIN = "SPOTIFY_GENRE_TESTS_ENV_BEFORE_PIN"
+if ENV_BEFORE_PIN in os.environ:
+    numerics._BEFORE_PIN.update(json.loads(os.environ[ENV_BEFORE_PIN]))
+else:
+    _before = numerics.unpinned_environment()
+    os.environ[ENV_BEFORE_PIN] = json.dumps({name: _before.get(name) for name in numerics.PINNED})
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -26,9 +42,18 @@ PROJECT_FILES = ("spotify_genre", "pipeline", "stages", "experiments", "dvc.yaml
                  ".gitignore")
 
 
+# The files that take longest, first: `make test` runs the suite on two workers a file at a time (pytest-xdist's
+# --dist loadfile), and a long file handed out last would leave one worker running it alone at the end.
+LONGEST_FILES = ("test_portability.py", "test_experiments.py", "test_realdata.py", "test_reliability.py",
+                 "test_faults.py", "test_remote.py", "test_download.py", "test_tune.py")
+
+
 def pytest_collection_modifyitems(config, items):
     """The `install` tests run only when asked for by name (`-m install`, as `make test-install` does): they take
-    minutes, and an `-m "not e2e"` of one's own would otherwise pull them in."""
+    minutes, and an `-m "not e2e"` of one's own would otherwise pull them in. The rest run longest file first (a
+    stable sort: each file's tests keep their order)."""
+    items.sort(key=lambda item: LONGEST_FILES.index(item.path.name) if item.path.name in LONGEST_FILES
+               else len(LONGEST_FILES))
     if "install" in (config.option.markexpr or ""):
         return
     chosen = [item for item in items if item.get_closest_marker("install") is None]
@@ -120,15 +145,32 @@ def copy_project(source: Path, dest: Path) -> Path:
     return dest
 
 
-@pytest.fixture(scope="session")
-def synthetic_pipeline(tmp_path_factory) -> Path:
-    """The synthetic pipeline run once per test session (`dvc repro`), every result committed.
+def session_folder(config: pytest.Config, tmp_path_factory) -> Path:
+    """The temporary folder of the whole test run: pytest's own, or under pytest-xdist the one its workers share."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if hasattr(config, "workerinput") else base
 
-    A test that only reads it uses it as it is; a test that changes anything works on a copy_project() of it."""
-    project = make_project(tmp_path_factory.mktemp("synthetic-pipeline") / "project", SYNTHETIC_OVERRIDES)
-    run(["dvc", "repro"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-q", "-m", "results"], project)
+
+@pytest.fixture(scope="session")
+def synthetic_pipeline(request, tmp_path_factory) -> Path:
+    """The synthetic pipeline run once per test run (`dvc repro`), every result committed: under pytest-xdist the
+    first worker to need it builds it, under a lock, and the others wait for it and use the same one.
+
+    A test that only reads it uses it as it is (and writes nothing into it); a test that changes anything works on a
+    copy_project() of it."""
+    folder = session_folder(request.config, tmp_path_factory) / "synthetic-pipeline"
+    folder.mkdir(exist_ok=True)
+    project, built = folder / "project", folder / "built"
+    with open(folder / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not built.exists():
+            if project.exists():  # a worker that failed half-way
+                shutil.rmtree(project)
+            make_project(project, SYNTHETIC_OVERRIDES)
+            run(["dvc", "repro"], project)
+            run(["git", "add", "-A"], project)
+            run(["git", "commit", "-q", "-m", "results"], project)
+            built.touch()
     return project
 
 

@@ -1,6 +1,7 @@
 """Run every stage of the pipeline, then `spotify-genre predict`, in one Python process, and print the sha256 of
-each output as JSON: the same code `dvc repro` runs, without a process (and its imports) per stage, so that it is
-affordable under CPU emulation (`qemu-x86_64 -cpu Haswell python -m tests.portable_run ...`).
+each output as JSON, and that of one matrix product under the same pin: the same code `dvc repro` runs, without a
+process (and its imports) per stage, so that it is affordable under CPU emulation
+(`qemu-x86_64 -cpu Haswell python -m tests.portable_run ...`).
 
     python -m tests.portable_run PROJECT [--baselines DONE] [--out HASHES.json]
 
@@ -77,6 +78,16 @@ def fitted_peers() -> dict[str, str]:
     return peer_fingerprints(report, predictions)
 
 
+def matmul_digest() -> str:
+    """sha256 of one float32 matrix product through torch (oneMKL): the product whose bytes differ between CPUs
+    when nothing pins the code path (tests/test_portability.py's negative control)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(512, 300, generator=generator), torch.randn(300, 128, generator=generator)
+    return hashlib.sha256((a @ b).numpy().tobytes()).hexdigest()
+
+
 def run(project: Path, baselines: Path | None) -> dict[str, dict[str, str]]:
     """Run the stages in dvc.yaml's order in `project`, then predict on its raw songs; the hashes of each stage's outputs."""
     import importlib
@@ -121,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     from spotify_genre.numerics import in_effect
 
     hashes = run(args.project.resolve(), baselines)
-    report = {"numerics": in_effect(), "hashes": hashes}
+    report = {"numerics": in_effect(), "hashes": hashes, "matmul": matmul_digest()}
     text = json.dumps(report, indent=2, sort_keys=True)
     if out is not None:
         out.write_text(text + "\n")

@@ -59,6 +59,7 @@ def fitted():
     return splits, baselines.fit_baselines(splits, _params())
 
 
+@pytest.mark.slow
 def test_baselines_are_deterministic_and_the_majority_predicts_the_commonest_class(fitted):
     splits, (report, predictions, seconds) = fitted
     again, predicted_again, _ = baselines.fit_baselines(splits, _params())
@@ -117,6 +118,7 @@ def test_the_boosted_trees_stop_early_on_the_validation_rows(fitted):
         assert 1 <= rounds < settings["max_rounds"] - settings["early_stopping_rounds"], name
 
 
+@pytest.mark.slow
 def test_no_test_row_reaches_the_fit_and_the_validation_rows_do(fitted):
     """Test labels shuffled: every model, its rounds and its test predictions stay the same, so nothing was fitted
     or stopped on test rows (a fit on them, or early stopping on them, would change both). Other validation rows
@@ -175,6 +177,7 @@ def _project(tmp_path, monkeypatch, **baseline_changes) -> None:
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_the_stage_writes_scores_that_its_test_predictions_give_and_the_same_bytes_twice(tmp_path, monkeypatch,
                                                                                         capsys):
     _project(tmp_path, monkeypatch)

@@ -84,6 +84,7 @@ def _run(predict_here, args: list[str], bundle, code: int = 0):
     return result
 
 
+@pytest.mark.slow
 def test_records_are_cut_where_pandas_cuts_them():
     """Random CSVs (quotes, doubled quotes, multi-line and empty fields, blank and whitespace lines, CRLF, and the
     non-RFC cases: a quote inside an unquoted field, a lone CR) cut into chunks of 1, 2 and 5 records, read in
@@ -123,6 +124,7 @@ def test_records_are_cut_where_pandas_cuts_them():
             assert together.equals(whole), data
 
 
+@pytest.mark.slow
 def test_streamed_csv_is_byte_identical_whatever_the_chunk_size(catalogue_csv, bundle, tmp_path, predict_here,
                                                                 monkeypatch):
     """Chunks of 3, 97 and 1,000 records against one chunk (the whole-file run), read in blocks of 997 bytes, which
@@ -149,6 +151,7 @@ def test_the_model_batches_are_those_of_a_whole_file_run():
     assert inspect.signature(predict_proba).parameters["batch_size"].default == streaming.MODEL_BATCH_ROWS
 
 
+@pytest.mark.slow
 def test_workers_give_the_same_bytes(catalogue_csv, bundle, tmp_path, predict_here):
     """Two spawned worker processes (real pool, each with its own model) on a many-chunk input."""
     data, _ = catalogue_csv
@@ -221,6 +224,7 @@ def _with(data: bytes, song: int, column: str, value: str) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
+@pytest.mark.slow
 def test_errors_name_the_line_of_the_file_whatever_the_chunk(catalogue_csv, bundle, tmp_path, predict_here):
     """Invalid values, a non-number, a repeated header, an unclosed quote at the very end and a byte that is not
     UTF-8, each after multi-line titles and blank lines (so line and row differ), found in
@@ -369,6 +373,7 @@ def test_a_bad_shard_stops_the_run_leaving_the_shards_before_it(bundle, tmp_path
     _assert_clean_failure(clash, 2, tmp_path, "would overwrite an input")
 
 
+@pytest.mark.slow
 def test_dask_cluster_of_two_workers_gives_the_same_shards(bundle, tmp_path, predict_here):
     """A real dask.distributed LocalCluster: two worker processes, on 127.0.0.1."""
     distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
@@ -426,6 +431,7 @@ def test_a_dask_worker_started_without_the_numerics_pin_refuses_the_task(tmp_pat
     assert "python -m spotify_genre.predict.distributed worker" in result.stdout
 
 
+@pytest.mark.slow
 def test_standard_output_streams_and_a_reader_that_stops_early_is_no_error(catalogue_csv, bundle, tmp_path):
     """The console script on a many-chunk input, its reader closing after the first line (`| head -1`)."""
     import subprocess

@@ -24,6 +24,7 @@ def test_every_stage_runs_a_project_module():
         assert module_file(module) is not None, module
 
 
+@pytest.mark.core
 @pytest.mark.parametrize("stage", sorted(DVC_YAML))
 def test_code_deps_are_exactly_the_modules_the_stage_imports(stage):
     expected = closure(stage_modules()[stage])

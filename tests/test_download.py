@@ -143,6 +143,7 @@ def kaggle_credentials(style: str, home: Path) -> dict[str, str]:
     return {"KAGGLE_USERNAME": USERNAME, "KAGGLE_KEY": KEY}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style", ["KAGGLE_USERNAME/KAGGLE_KEY", "KAGGLE_API_TOKEN", "kaggle.json"])
 def test_kaggle_channel_downloads_through_the_official_client(tmp_path, songs_csv, songs_zip, style):
     folder = stage_dir(tmp_path, source="kaggle", sha256=sha256(songs_csv))
@@ -156,6 +157,7 @@ def test_kaggle_channel_downloads_through_the_official_client(tmp_path, songs_cs
     assert KEY not in result.stdout + result.stderr and TOKEN not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_kaggle_refusing_the_credentials_is_one_clear_line_without_them(tmp_path, songs_csv, songs_zip):
     folder = stage_dir(tmp_path, source="kaggle", sha256=sha256(songs_csv))
     wrong_key = "standin-wrong-key-55d1e0"
@@ -167,6 +169,7 @@ def test_kaggle_refusing_the_credentials_is_one_clear_line_without_them(tmp_path
     assert wrong_key not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_kaggle_unknown_dataset_names_the_param(tmp_path, songs_zip):
     folder = stage_dir(tmp_path, source="kaggle", kaggle_dataset="someone/no-such-songs")
     with KaggleStandIn(songs_zip, username=USERNAME, key=KEY) as kaggle:
@@ -181,6 +184,7 @@ def test_kaggle_channel_without_credentials_says_how_to_configure_them(tmp_path,
     assert_failed_cleanly(folder, code, err, "no Kaggle credentials", "KAGGLE_USERNAME", "KAGGLE_API_TOKEN")
 
 
+@pytest.mark.slow
 def test_loading_the_kaggle_client_neither_authenticates_nor_prints(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
@@ -281,6 +285,7 @@ def test_url_channel_failures(tmp_path, in_process, songs_csv, case, reply, expe
     assert elapsed < 8  # timeouts of 0.5 s and one backoff of 1 s, not the server's 10 s stall
 
 
+@pytest.mark.slow
 def test_url_channel_shows_a_progress_bar_on_a_terminal(tmp_path, songs_csv):
     with FileServer() as server:
         url = server.serve("/spotify_songs.csv", Reply(songs_csv))
@@ -318,18 +323,22 @@ REMEDIES = ("data/external/", "30000-spotify-songs.zip", "KAGGLE_USERNAME and KA
             "~/.kaggle/kaggle.json", "dvc exp run -S data.source=synthetic")
 
 
-def offline_env(home: Path) -> dict[str, str]:
+def offline_proxies() -> dict[str, str]:
     """No network: every request goes to a proxy on a loopback port where nothing listens."""
     proxy = f"http://127.0.0.1:{free_port()}"
-    return clean_env(home, HTTP_PROXY=proxy, HTTPS_PROXY=proxy, http_proxy=proxy, https_proxy=proxy)
+    return {"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy}
 
 
-def test_offline_with_no_local_copy_or_credentials_lists_the_remedies(tmp_path):
+def offline_env(home: Path) -> dict[str, str]:
+    return clean_env(home, **offline_proxies())
+
+
+def test_offline_with_no_local_copy_or_credentials_lists_the_remedies(tmp_path, in_process):
     folder = stage_dir(tmp_path)  # the defaults: auto, the real URL
     started = time.monotonic()
-    result = run_stage(folder, offline_env(folder / "home"))
+    code, _, err = in_process(folder, **offline_proxies())
     assert time.monotonic() - started < 10
-    assert_failed_cleanly(folder, result.returncode, result.stderr, "cannot connect", *REMEDIES)
+    assert_failed_cleanly(folder, code, err, "cannot connect", *REMEDIES)
 
 
 @pytest.mark.e2e
@@ -450,6 +459,7 @@ def test_auto_reads_the_first_local_copy_and_touches_no_network(tmp_path, in_pro
     assert sum(server.hits.values()) == 0
 
 
+@pytest.mark.slow
 def test_auto_uses_kaggle_when_credentials_are_configured(tmp_path, songs_csv, songs_zip):
     folder = stage_dir(tmp_path, sha256=sha256(songs_csv))
     with KaggleStandIn(songs_zip, username=USERNAME, key=KEY) as kaggle:
@@ -521,13 +531,13 @@ def test_bad_data_through_the_file_channel(tmp_path, in_process, bad_files, name
 
 
 @pytest.mark.parametrize("name", sorted(BAD_DATA))
-def test_bad_data_through_the_auto_channel(tmp_path, bad_files, name):
+def test_bad_data_through_the_auto_channel(tmp_path, in_process, bad_files, name):
     folder = stage_dir(tmp_path, sha256=None)
     local = folder / "data" / "external" / ("30000-spotify-songs.zip" if name.endswith(".zip") else "spotify_songs.csv")
     local.parent.mkdir(parents=True)
     shutil.copyfile(bad_files[name], local)
-    result = run_stage(folder, offline_env(folder / "home"))
-    assert_failed_cleanly(folder, result.returncode, result.stderr, str(local.relative_to(folder)), *BAD_DATA[name])
+    code, _, err = in_process(folder, **offline_proxies())
+    assert_failed_cleanly(folder, code, err, str(local.relative_to(folder)), *BAD_DATA[name])
 
 
 def test_bad_data_is_caught_with_the_pin_set_too(tmp_path, in_process):

@@ -421,6 +421,7 @@ def test_stage_writes_every_output_with_the_expected_content(world, capsys):
     assert timing["figures_s"] > 0 and "startup_s" in timing
 
 
+@pytest.mark.slow
 def test_stage_outputs_are_byte_identical_run_to_run(world):
     root, _ = world
     assert evaluate.main([]) == 0

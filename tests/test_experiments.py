@@ -64,6 +64,7 @@ def stages(repo: Path) -> list[str]:
     return list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
 
 
+@pytest.mark.core
 def test_exp_run_with_a_new_lr_reruns_only_train_and_evaluate(project):
     """One experiment, checked from every side: what ran, what DVC recorded, what `dvc metrics` shows and diffs."""
     before = json.loads((project / METRICS).read_text())

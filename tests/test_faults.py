@@ -110,6 +110,7 @@ def test_an_output_that_is_the_input_is_refused_however_it_is_spelled(songs_csv,
     assert source.read_bytes() == original
 
 
+@pytest.mark.slow
 def test_a_fifo_is_streamed_into_and_stays_a_fifo(songs_csv, bundle, tmp_path):
     for name in ("pipe", "pipe.csv.gz", "pipe.parquet"):
         reference = tmp_path / f"reference-{name}"
@@ -127,6 +128,7 @@ def test_a_fifo_is_streamed_into_and_stays_a_fifo(songs_csv, bundle, tmp_path):
     assert temp_files(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_dev_stdout_and_links_to_it_write_to_standard_output(songs_csv, bundle, tmp_path):
     expected = reference_csv(bundle, songs_csv, tmp_path)
     os.symlink("/dev/stdout", tmp_path / "out-link.csv")
@@ -142,6 +144,7 @@ def test_dev_stdout_and_links_to_it_write_to_standard_output(songs_csv, bundle, 
     assert temp_files(tmp_path) == []
 
 
+@pytest.mark.slow
 @needs_root
 def test_a_character_device_is_written_into_never_replaced(songs_csv, bundle, tmp_path):
     null = tmp_path / "null"
@@ -168,6 +171,7 @@ def test_a_socket_or_block_device_is_refused(songs_csv, bundle, tmp_path):
 # --- 2. full disks, failing devices and closed streams ----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["full.csv", "full.csv.gz", "full.parquet"])
 def test_a_full_device_is_one_line_and_leaves_nothing(name, songs_csv, bundle, tmp_path):
     os.symlink("/dev/full", tmp_path / name)
@@ -192,6 +196,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow
 @needs_root
 def test_a_full_file_system_is_one_line_and_leaves_nothing(small_disk, bundle, tmp_path):
     source = tmp_path / "many.csv"
@@ -203,6 +208,7 @@ def test_a_full_file_system_is_one_line_and_leaves_nothing(small_disk, bundle, t
         assert list(small_disk.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_standard_output_on_a_full_device_is_one_line(songs_csv, bundle, tmp_path):
     with open("/dev/full", "wb") as full:
         result = predict([str(songs_csv)], bundle, tmp_path, stdout=full, stderr=subprocess.PIPE)
@@ -210,6 +216,7 @@ def test_standard_output_on_a_full_device_is_one_line(songs_csv, bundle, tmp_pat
     assert result.returncode == 1 and "standard output" in line and "No space left on device" in line, line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shell, code, expected", [
     ("exec {predict} - {model} <&-", 3, "standard input is closed"),
     ("exec {predict} {songs} {model} >&-", 1, "standard output is closed"),
@@ -238,6 +245,7 @@ def _wait_for(condition, process: subprocess.Popen, timeout: float = 90.0) -> No
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sent, code, said", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
 def test_a_signal_mid_write_removes_the_temp_file_and_says_so(sent, code, said, big_csv, bundle, tmp_path):
     process = _start([str(big_csv), "-o", "out.csv", "--chunk-rows", "2048"], bundle, tmp_path)
@@ -253,6 +261,7 @@ def test_a_signal_mid_write_removes_the_temp_file_and_says_so(sent, code, said, 
     assert temp_files(tmp_path) == [] and not (tmp_path / "out.csv").exists()
 
 
+@pytest.mark.slow
 def test_a_temp_file_left_by_sigkill_is_removed_by_the_next_write_to_that_folder(big_csv, songs_csv, bundle,
                                                                                  tmp_path):
     process = _start([str(big_csv), "-o", "killed.csv", "--chunk-rows", "2048"], bundle, tmp_path)
@@ -294,6 +303,7 @@ def _running(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_predict_workers_and_the_resource_tracker_die_with_their_parent(big_csv, bundle, tmp_path):
     process = _start([str(big_csv), "-o", "out.csv", "--chunk-rows", "1000", "--workers", "2"], bundle, tmp_path)
     children: set[int] = set()
@@ -504,6 +514,7 @@ def test_a_huge_value_in_a_song_is_quoted_by_a_bounded_prefix(column, songs_csv,
     assert result.returncode == 3 and len(line) < 500 and column in line, line[:300]
 
 
+@pytest.mark.slow
 def test_a_huge_value_in_the_search_space_is_quoted_by_a_bounded_prefix(tmp_path, monkeypatch, capsys):
     folder = _tune_folder(tmp_path)
     settings = yaml.safe_load((folder / "tuning.yaml").read_text())

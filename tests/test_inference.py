@@ -49,6 +49,7 @@ def _torch_probabilities(model: torch.nn.Module, features: np.ndarray) -> np.nda
         return torch.exp(log_probabilities(model(torch.from_numpy(features)).double())).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", NETWORKS.values(), ids=NETWORKS.keys())
 def test_the_numpy_pass_computes_what_torch_computes(architecture):
     model = _trained(**architecture)
@@ -62,6 +63,7 @@ def test_the_numpy_pass_computes_what_torch_computes(architecture):
     assert np.array_equal(ours.argmax(axis=1), theirs.argmax(axis=1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", NETWORKS.values(), ids=NETWORKS.keys())
 def test_predict_proba_on_the_cpu_is_the_numpy_pass_in_batches(architecture):
     model = _trained(**architecture)

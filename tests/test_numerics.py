@@ -30,6 +30,7 @@ def test_this_test_process_computes_on_the_pinned_paths():
     assert numerics.in_effect() == PINNED_STATE
 
 
+@pytest.mark.core
 def test_importing_a_stage_module_pins_a_fresh_process():
     result = _python("import stages.train, torch; torch.ones(2, 2) @ torch.ones(2, 2); "
                      "from spotify_genre.numerics import in_effect; print(in_effect())")
@@ -82,6 +83,7 @@ def _probabilities(threads: int) -> bytes:
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_inference_gives_the_same_bytes_whatever_the_thread_count(monkeypatch):
     """numpy's forward pass (inference.py) and torch's both run products that OpenBLAS and oneMKL split by thread
     count, and torch and OpenBLAS default to one thread per core: inference fixes the count, on either path."""
@@ -118,6 +120,7 @@ def _trained_weights(threads: int) -> bytes:
     return b"".join(tensor.numpy().tobytes() for tensor in result.best_state.values())
 
 
+@pytest.mark.slow
 def test_training_gives_the_same_bytes_whatever_the_blas_thread_count(monkeypatch):
     """Training multiplies in numpy's BLAS (blas.py), which OpenBLAS splits by thread count: fit fixes the count."""
     one = _trained_weights(1)

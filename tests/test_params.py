@@ -162,6 +162,7 @@ def test_every_stage_validates_params_before_any_work(tmp_path: Path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
+@pytest.mark.slow
 def test_a_stage_run_as_dvc_runs_it_refuses_bad_params(tmp_path: Path):
     """The same, once, as a process (`python -m stages.train`, what dvc.yaml runs): exit code 2, one line."""
     _with_typo(tmp_path, "train")

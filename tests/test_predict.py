@@ -155,6 +155,7 @@ def test_bad_input_fails_with_its_own_clear_error(case, songs, bundle, tmp_path,
     _assert_clean_failure(result, 3, tmp_path, "songs.csv", *expected)
 
 
+@pytest.mark.slow
 def test_torch_is_not_imported_for_bad_input(songs, bundle, tmp_path):
     (tmp_path / "songs.csv").write_bytes(_csv(songs.drop(columns="energy")))
     probe = ("import sys; from spotify_genre.predict.cli import main; code = main(sys.argv[1:]); "
@@ -220,6 +221,7 @@ def test_predictions_have_id_genre_and_one_probability_per_genre(songs, bundle, 
     assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".out.csv.")]
 
 
+@pytest.mark.core
 def test_stdin_to_stdout_through_the_console_script(songs, bundle, tmp_path, predict_here):
     """The one run of the installed console script: real pipes in and out, the same bytes as a file gets."""
     (tmp_path / "songs.csv").write_bytes(_csv(songs))
@@ -482,11 +484,14 @@ def pipeline(synthetic_pipeline) -> Path:
 
 
 @pytest.mark.e2e
-def test_predictions_on_the_test_split_equal_the_evaluate_stage(pipeline):
-    pd.read_parquet(pipeline / "data" / "split" / "test.parquet").to_csv(pipeline / "test.csv", index=False)
-    result = run([str(BIN / "spotify-genre"), "predict", "test.csv", "-o", "predicted.csv"], pipeline)
+def test_predictions_on_the_test_split_equal_the_evaluate_stage(pipeline, tmp_path):
+    """Run in the project, so predict finds models/ where it looks by default; the songs and predictions are kept
+    outside it, which other tests read at the same time."""
+    pd.read_parquet(pipeline / "data" / "split" / "test.parquet").to_csv(tmp_path / "test.csv", index=False)
+    result = run([str(BIN / "spotify-genre"), "predict", str(tmp_path / "test.csv"), "-o",
+                  str(tmp_path / "predicted.csv")], pipeline)
     assert result.stderr == ""
-    ours = pd.read_csv(pipeline / "predicted.csv", dtype=str, keep_default_na=False)
+    ours = pd.read_csv(tmp_path / "predicted.csv", dtype=str, keep_default_na=False)
     evaluated = pd.read_csv(pipeline / "reports" / "predictions.csv", dtype=str, keep_default_na=False)
     assert len(ours) == len(evaluated) > 0
     assert ours.equals(evaluated.drop(columns="actual"))

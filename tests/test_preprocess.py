@@ -348,6 +348,7 @@ def test_params_changes_rerun_exactly_the_dependent_stages(tmp_path):
 # --- The real data -------------------------------------------------------------------------------------------
 
 @needs_real_data
+@pytest.mark.realdata
 def test_split_select_preprocess_on_the_real_data(tmp_path):
     params = load_params(ROOT / "params.yaml")
     with zipfile.ZipFile(real_zip()) as archive:

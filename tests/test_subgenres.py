@@ -95,6 +95,7 @@ def test_processed_splits_carry_the_subgenre_as_a_label_not_a_feature(tmp_path):
     assert read.subgenres.tolist() == ["a", "", "c"]
 
 
+@pytest.mark.slow
 def test_the_train_stage_learns_subgenres_and_the_bundle_predicts_genres(tmp_path, monkeypatch, capsys):
     root = make_inputs(tmp_path, overrides={"train.subgenre_weight": 1.0})
     code, out, err = run_stage(root, monkeypatch, capsys)
@@ -178,6 +179,7 @@ def test_a_boosted_peer_can_fit_the_subgenres_and_predict_genres(name):
         fit_peer(name, params, features[:900], labels[:900], features[900:], labels[900:])
 
 
+@pytest.mark.slow
 def test_no_model_reads_the_test_rows_subgenres_and_the_mlp_not_the_validation_rows(tmp_path, monkeypatch, capsys):
     """The subgenres are labels: the MLP learns the training rows' alone, the trees' early stopping reads the
     validation rows' too (as it reads their genres), and the test rows' are never read."""

@@ -123,6 +123,7 @@ def test_rows_of_another_split_are_refused_in_one_line(tmp_path, monkeypatch):
         read_split_texts("val", shuffled, ["track_name"])
 
 
+@pytest.mark.slow
 def test_spotify_genre_predict_reads_the_characters_the_model_was_trained_on(trained, tmp_path):
     import subprocess
     import sys

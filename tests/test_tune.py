@@ -81,6 +81,7 @@ def child_env() -> dict[str, str]:
     return tool_env(PYTHONPATH=str(ROOT))
 
 
+@pytest.mark.slow
 def test_a_study_writes_its_table_and_figures_and_scores_on_validation_only(workdir, capsys):
     test_split = workdir / "data" / "processed" / "test.parquet"
     test_split.unlink()  # a study never reads it
@@ -105,6 +106,7 @@ def test_a_study_writes_its_table_and_figures_and_scores_on_validation_only(work
     assert study.user_attrs["objective"] == "val_loss"
 
 
+@pytest.mark.slow
 def test_one_worker_and_one_seed_give_the_same_trials(workdir, capsys):
     assert tune_here([], capsys)[0] == 0
     assert tune_here(["--storage", "sqlite:///tuning/again.db"], capsys)[0] == 0
@@ -117,6 +119,7 @@ def test_one_worker_and_one_seed_give_the_same_trials(workdir, capsys):
     assert [trial.params for trial in other.trials] != [params for params, _ in first]
 
 
+@pytest.mark.slow
 def test_a_restarted_study_does_only_what_is_left(workdir, capsys):
     assert tune_here(["--trials", "2"], capsys)[0] == 0
     code, out, _ = tune_here(["--trials", "3"], capsys)
@@ -126,6 +129,7 @@ def test_a_restarted_study_does_only_what_is_left(workdir, capsys):
     assert len(finished(study_of(workdir))) == 3
 
 
+@pytest.mark.slow
 def test_pruning_stops_trials_in_a_hopeless_region(workdir, capsys):
     """An lr of 1e-6 learns nothing in 10 epochs; the median pruner stops such trials once the others have shown
     what a loss at each epoch can be."""
@@ -149,6 +153,7 @@ def test_pruning_stops_trials_in_a_hopeless_region(workdir, capsys):
     assert f"at most {saved} epochs saved" in report
 
 
+@pytest.mark.slow
 def test_two_workers_finish_one_study_with_no_trial_lost_or_run_twice(workdir):
     write_study(workdir, trials=6)
     result = run([sys.executable, "-m", "experiments.tune", "--workers", "2"], workdir, env=child_env())
@@ -186,6 +191,7 @@ def _gone(pid: int) -> bool:
     return "\nState:\tZ" in status  # a zombie has stopped; reaping it is its new parent's business
 
 
+@pytest.mark.slow
 def test_a_study_killed_mid_trial_continues_and_completes_its_planned_trials(workdir):
     """SIGKILL to `tune --workers 2` mid-trial: its workers stop too, and the next `tune` fails the trials they
     left running once their heartbeat lapses, runs them again with the same params, and completes the study."""
@@ -300,6 +306,7 @@ BAD_SPACES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_SPACES))
 def test_a_bad_search_space_is_one_line_and_leaves_the_study_untouched(case, workdir, capsys):
     assert tune_here(["--trials", "1"], capsys)[0] == 0
@@ -314,6 +321,7 @@ def test_a_bad_search_space_is_one_line_and_leaves_the_study_untouched(case, wor
     assert len(study_of(workdir).trials) == 1
 
 
+@pytest.mark.slow
 def test_a_changed_space_or_missing_data_leave_the_study_untouched(workdir, capsys):
     assert tune_here(["--trials", "1"], capsys)[0] == 0
     write_study(workdir, space={**SMALL_SPACE, "lr": {"low": 0.02, "high": 0.2}})
@@ -362,6 +370,7 @@ def test_apply_needs_a_complete_trial_and_a_project(workdir, capsys):
     assert code == 7 and "no study named 'small'" in err
 
 
+@pytest.mark.slow
 def test_the_console_script_says_where_tuning_is(tmp_path):
     """The installed command never runs the clone's code: `spotify-genre tune` names the clone's command."""
     outside = run([str(BIN / "spotify-genre"), "tune", "--trials", "1"], tmp_path, check=False)

@@ -23,7 +23,7 @@ from optuna.trial import TrialState  # noqa: E402  (after the skip: optuna may b
 from tests.conftest import ROOT, tool_env  # noqa: E402
 from tests.test_tune import write_study  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+pytestmark = [pytest.mark.postgres, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 
 PASSWORD = "s3cret-tuner-pw"
 
