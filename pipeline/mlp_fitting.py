@@ -322,7 +322,10 @@ def seed_everything(seed: int, threads: int, device: torch.device) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
+    # torch.use_deterministic_algorithms(True) is this call plus a flag in torch._inductor's config, whose import
+    # brings in torch's compiler stack (torch._dynamo, sympy): about a second of start-up for a compiler this loop
+    # never uses. torch.are_deterministic_algorithms_enabled() reads the flag set here.
+    torch._C._set_deterministic_algorithms(True)
     # Deterministic mode also fills every new tensor with NaN to catch reads of uninitialised memory, about 15%
     # of this loop's CPU time; no operation here reads memory it did not write.
     torch.utils.deterministic.fill_uninitialized_memory = False

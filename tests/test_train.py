@@ -404,13 +404,15 @@ def test_momentum_sgd_and_its_schedule_give_torch_optims_weights_to_the_bit(sche
 
 
 def test_training_with_the_default_params_does_not_import_torchs_compiler():
-    """torch.optim's optimisers import torch._dynamo (and sympy), about a second of start-up; the default
-    optimiser does not need them. A fresh process, as a stage is."""
+    """torch.optim's optimisers and torch.use_deterministic_algorithms import torch._dynamo (and sympy), about a
+    second of start-up; training with the default params needs neither. A fresh process, as a stage is."""
     code = ("import stages, sys, numpy as np, torch\n"
             "from pipeline import mlp_fitting as training\n"
             "from pipeline.params import load_params\n"
             "from spotify_genre.model.network import build_mlp\n"
             "config = load_params().train\n"
+            "training.seed_everything(0, 1, torch.device('cpu'))\n"
+            "assert torch.are_deterministic_algorithms_enabled()\n"
             "model = build_mlp(4, 6, [8], 0.2)\n"
             "optimizer = training.make_optimizer(model, 0.05, 0.9, config)\n"
             "scheduler = training.make_scheduler(optimizer, config)\n"
