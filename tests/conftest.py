@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,14 @@ PROJECT_FILES = ("spotify_genre", "pipeline", "stages", "experiments", "dvc.yaml
 # --dist loadfile), and a long file handed out last would leave one worker running it alone at the end.
 LONGEST_FILES = ("test_portability.py", "test_experiments.py", "test_realdata.py", "test_reliability.py",
                  "test_faults.py", "test_remote.py", "test_download.py", "test_tune.py")
+
+
+def pytest_configure(config):
+    """A suite started in the background of a shell without job control (`make test &` in a script) inherits
+    SIGINT ignored, and so would every process its tests start, which then could not show what Ctrl-C does: the
+    tests' children get the default disposition instead."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):
