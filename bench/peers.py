@@ -13,8 +13,8 @@ from statistics import fmean
 
 from bench.context import Context
 from bench.figures import fig
-from bench.measure import run, summary
-from bench.project import plain_project, run_stage, stage_command, stage_order, upstream
+from bench.measure import summary
+from bench.project import plain_project, run_stage, stage_order, upstream
 
 SEEDS = (2, 3, 4)  # docs/protocol.md's development seeds
 QUICK_SEEDS = (2,)
@@ -35,7 +35,7 @@ def measure(ctx: Context) -> dict:
         for stage in stage_order():
             if stage in upstream("preprocess"):
                 run_stage(project, stage)
-        stage_seconds.append(run(stage_command("baselines"), project).seconds)
+        stage_seconds.append(run_stage(project, "baselines").seconds)
         report = json.loads((project / "reports" / "baselines.json").read_text(encoding="utf-8"))
         for name, model in report["models"].items():
             scores.setdefault(name, []).append((model["val"]["accuracy"], model["val"]["f1_macro"]))
