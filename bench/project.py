@@ -15,7 +15,7 @@ from spotify_genre.errors import ParamsError
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("spotify_genre", "pipeline", "stages", "experiments", "dvc.yaml", "params.yaml", "tuning.yaml",
-                 ".gitignore")
+                 ".gitignore", ".dvcignore")
 REAL_ROWS = 32_833
 REAL_ZIP_CANDIDATES = (
     ROOT / "data" / "external" / "30000-spotify-songs.zip",

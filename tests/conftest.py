@@ -40,7 +40,7 @@ REAL_ZIP_CANDIDATES = (
 )
 REAL_CSV_SHA256 = "9902920cfe4940f0914ebb6716801a42f7f19ac88fbd6693eaae7e2822b16845"
 PROJECT_FILES = ("spotify_genre", "pipeline", "stages", "experiments", "dvc.yaml", "params.yaml", "tuning.yaml",
-                 ".gitignore")
+                 ".gitignore", ".dvcignore")
 
 
 # The files that take longest, first: `make test` runs the suite on two workers a file at a time (pytest-xdist's

@@ -1,7 +1,9 @@
 """The project modules a module imports, directly or not, found by walking the source with `ast`: a stage's code
 deps, and the import graph the layering tests check.
 
-`python -m tests.imports` prints each stage's code deps as dvc.yaml should list them.
+A stage's code deps are the files it imports, except that a subpackage of the library (spotify_genre/model, ...)
+counts as one dep, its folder: a concept changes as a whole, and every file listed costs DVC time on each run (see
+docs/pipeline.md). `python -m tests.imports` prints each stage's code deps as dvc.yaml should list them.
 """
 
 from __future__ import annotations
@@ -123,6 +125,15 @@ def closure(module: str) -> list[str]:
     return sorted(module_file(name).relative_to(ROOT).as_posix() for name in seen)
 
 
+def code_deps(module: str) -> list[str]:
+    """closure(module) as dvc.yaml lists it: a file of a library subpackage is replaced by the subpackage's folder."""
+    deps = set()
+    for path in closure(module):
+        parts = path.split("/")
+        deps.add("/".join(parts[:2]) if parts[0] == LIBRARY and len(parts) > 2 else path)
+    return sorted(deps)
+
+
 def stage_modules(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, str]:
     """{stage name: the module its cmd runs}, for every `python -m <module>` stage."""
     stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
@@ -135,11 +146,12 @@ def stage_modules(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, str]:
 
 
 def declared_code_deps(stage: dict) -> list[str]:
-    return sorted(dep for dep in stage.get("deps", []) if dep.endswith(".py"))
+    """The stage's deps inside the project's packages: files and library subpackage folders."""
+    return sorted(dep for dep in stage.get("deps", []) if dep.split("/")[0] in PACKAGES)
 
 
 if __name__ == "__main__":
     for stage, module in stage_modules().items():
         print(f"{stage}:")
-        print("".join(f"  - {path}\n" for path in closure(module)), end="")
+        print("".join(f"  - {path}\n" for path in code_deps(module)), end="")
     sys.exit(0)

@@ -1,5 +1,5 @@
 """dvc.yaml's code deps cannot drift: each stage lists exactly the project modules its code imports (tests/imports.py
-walks them with `ast`). And the layout holds: imports point one way (library <- fit-side <- stages and experiment
+walks them with `ast`), a library subpackage as its folder, which DVC hashes without the bytecode beside it. And the layout holds: imports point one way (library <- fit-side <- stages and experiment
 tools <- bench), with no circle, not even through a late import; the library never names the clone, not even to run
 it; stages/ holds the stage entry points alone."""
 
@@ -11,8 +11,9 @@ import re
 import pytest
 import yaml
 
-from tests.conftest import ROOT
-from tests.imports import (BENCH, EXPERIMENTS, FIT_SIDE, LAYERS, LIBRARY, STAGES, closure, cycles, declared_code_deps,
+from tests.conftest import ROOT, run
+from tests.imports import (BENCH, EXPERIMENTS, FIT_SIDE, LAYERS, LIBRARY, STAGES, closure, code_deps, cycles,
+                           declared_code_deps,
                            import_graph, imported_modules, module_file, stage_modules)
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -27,7 +28,7 @@ def test_every_stage_runs_a_project_module():
 @pytest.mark.core
 @pytest.mark.parametrize("stage", sorted(DVC_YAML))
 def test_code_deps_are_exactly_the_modules_the_stage_imports(stage):
-    expected = closure(stage_modules()[stage])
+    expected = code_deps(stage_modules()[stage])
     declared = declared_code_deps(DVC_YAML[stage])
     missing = sorted(set(expected) - set(declared))
     extra = sorted(set(declared) - set(expected))
@@ -45,6 +46,16 @@ def test_the_walk_follows_late_imports_and_packages():
     assert "pipeline.sources" in imported_modules(ROOT / "stages" / "download.py")
     assert "spotify_genre/numerics.py" in closure("stages.split")  # through stages/__init__ -> spotify_genre/__init__
     assert "spotify_genre/songs/csv_reader.py" in closure("stages.split")  # spotify_genre/songs/__init__ re-exports it
+
+
+def test_a_subpackage_is_one_dep_and_its_bytecode_is_no_dep():
+    deps = code_deps("stages.train")
+    assert "spotify_genre/model" in deps and "spotify_genre/atomic.py" in deps and "pipeline/mlp_fitting.py" in deps
+    assert not [dep for dep in deps if dep.startswith("spotify_genre/model/")]
+    pyc = "spotify_genre/model/__pycache__/network.cpython-311.pyc"
+    ignored = run(["dvc", "check-ignore", "-q", pyc], ROOT, check=False)
+    assert ignored.returncode == 0, f"DVC would hash {pyc} into the spotify_genre/model dep: .dvcignore lacks __pycache__/"
+    assert run(["dvc", "check-ignore", "-q", "spotify_genre/model/network.py"], ROOT, check=False).returncode == 1
 
 
 GRAPH = import_graph()
