@@ -63,6 +63,29 @@ def workdir(synthetic_pipeline: Path, tmp_path: Path, monkeypatch) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def one_trial(synthetic_pipeline: Path, tmp_path_factory) -> Path:
+    """A workdir whose study `small` has run its first trial: what the tests of a refused second run start from."""
+    folder = tmp_path_factory.mktemp("one-trial") / "tune"
+    (folder / "data").mkdir(parents=True)
+    shutil.copy(synthetic_pipeline / "params.yaml", folder / "params.yaml")
+    shutil.copytree(synthetic_pipeline / "data" / "processed", folder / "data" / "processed")
+    write_study(folder)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        assert tune.main(["--trials", "1"]) == 0
+    assert len(finished(study_of(folder))) == 1
+    return folder
+
+
+@pytest.fixture
+def after_one_trial(one_trial: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A copy of one_trial, the current directory for the test."""
+    folder = shutil.copytree(one_trial, tmp_path / "tune")
+    monkeypatch.chdir(folder)
+    return folder
+
+
 def study_of(folder: Path, name: str = "small") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'tuning' / 'optuna.db'}")
 
@@ -308,8 +331,8 @@ BAD_SPACES = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD_SPACES))
-def test_a_bad_search_space_is_one_line_and_leaves_the_study_untouched(case, workdir, capsys):
-    assert tune_here(["--trials", "1"], capsys)[0] == 0
+def test_a_bad_search_space_is_one_line_and_leaves_the_study_untouched(case, after_one_trial, capsys):
+    workdir = after_one_trial
     space, message = BAD_SPACES[case]
     write_study(workdir, space=space)
 
@@ -322,8 +345,8 @@ def test_a_bad_search_space_is_one_line_and_leaves_the_study_untouched(case, wor
 
 
 @pytest.mark.slow
-def test_a_changed_space_or_missing_data_leave_the_study_untouched(workdir, capsys):
-    assert tune_here(["--trials", "1"], capsys)[0] == 0
+def test_a_changed_space_or_missing_data_leave_the_study_untouched(after_one_trial, capsys):
+    workdir = after_one_trial
     write_study(workdir, space={**SMALL_SPACE, "lr": {"low": 0.02, "high": 0.2}})
     code, _, err = tune_here(["--trials", "2"], capsys)
     assert code == 7 and "study 'small' in sqlite:///tuning/optuna.db was run with another search space" in err
