@@ -34,14 +34,16 @@ install: $(STAMP)
 repro: $(STAMP)
 	$(BIN)/dvc repro
 
-# The whole suite on TEST_WORKERS processes, a test file to each in turn (docs/testing.md).
+# The whole suite on TEST_WORKERS processes, a test file to each in turn, in the order tests/conftest.py sorts them
+# (pytest-xdist would reorder the files by their number of tests; docs/testing.md).
 TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest $(XDIST)
 
 # The inner loop: the unit tests and the core promises marked `core`; no dvc end-to-end runs, emulators or servers.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "core or not (e2e or slow or emulator or postgres or realdata or install)"
+	$(BIN)/python -m pytest $(XDIST) -m "core or not (e2e or slow or emulator or postgres or realdata or install)"
 
 test-install: $(STAMP)
 	$(BIN)/python -m pytest -m install

@@ -43,10 +43,14 @@ PROJECT_FILES = ("spotify_genre", "pipeline", "stages", "experiments", "dvc.yaml
                  ".gitignore", ".dvcignore")
 
 
-# The files that take longest, first: `make test` runs the suite on two workers a file at a time (pytest-xdist's
-# --dist loadfile), and a long file handed out last would leave one worker running it alone at the end.
-LONGEST_FILES = ("test_portability.py", "test_experiments.py", "test_realdata.py", "test_reliability.py",
-                 "test_faults.py", "test_remote.py", "test_download.py", "test_tune.py")
+# The files that take longest, first (by their worker time in a `make test` of 2026-12-07): `make test` runs the
+# suite on two workers a file at a time, in this order (pytest-xdist's --dist loadfile --no-loadscope-reorder), and a
+# long file handed out last would leave one worker running it alone at the end. The first two are one that builds
+# the shared synthetic pipeline and one that does not need it, so neither worker starts by waiting for it.
+LONGEST_FILES = ("test_experiments.py", "test_portability.py", "test_tune.py", "test_reliability.py",
+                 "test_realdata.py", "test_faults.py", "test_remote.py", "test_download.py", "test_predict.py",
+                 "test_catalogue.py", "test_tune_postgres.py", "test_registry.py", "test_preprocess.py",
+                 "test_serve.py", "test_plots_browser.py")
 
 
 def pytest_configure(config):
