@@ -18,7 +18,8 @@ from pathlib import Path
 
 from bench.context import Context
 from bench.measure import BenchError, Run, python, run, summary, tool
-from bench.project import dvc_project, read_params, run_stage, stage_command, stage_order, upstream
+from bench.project import (dvc_project, floor_project, read_params, run_stage, stage_command, stage_order,
+                           upstream)
 
 RUNNING = re.compile(r"^Running stage '([^']+)':")
 # What DVC writes once a stage's command has ended: the lock-file update (only when the lock changes), then,
@@ -198,6 +199,28 @@ def _lr_runs(ctx: Context, project: Path, lrs: list[float], *,
     return seconds, epochs, outside, parts
 
 
+# The exp-run loop's floor: projects of its shape (bench.project.floor_project) whose two stages import nothing, or
+# only the libraries this project's train and evaluate cannot start without.
+FLOORS = {"dvc_s": ("", ""), "dvc_torch_numpy_s": ("torch", "numpy")}
+
+
+def _floor_runs(ctx: Context, lrs: list[float]) -> dict[str, dict]:
+    """`dvc exp run -S lr=...` in each FLOORS project, once per lr."""
+    ctx.log(f"pipeline: the exp-run floor, `dvc exp run -S lr=...` x{len(lrs)} in {len(FLOORS)} projects of its shape")
+    floors = {}
+    for name, (train_imports, evaluate_imports) in FLOORS.items():
+        project = floor_project(ctx.workdir / f"floor-{name}", train_imports, evaluate_imports)
+        seconds = []
+        for lr in lrs:
+            result = run([tool("dvc"), "exp", "run", "-S", f"lr={lr}"], project)
+            _expect(result, ["train", "evaluate"], f"floor {name}: dvc exp run -S lr={lr}")
+            seconds.append(result.seconds)
+        floors[name] = summary(seconds)
+        if not ctx.keep:
+            shutil.rmtree(project, ignore_errors=True)
+    return floors
+
+
 def measure(ctx: Context) -> dict:
     order = stage_order()
     first = order[0]
@@ -220,6 +243,7 @@ def measure(ctx: Context) -> dict:
             f"x{ctx.runs} (the same stages, no experiment)")
     exp, exp_epochs, exp_outside, exp_parts = _lr_runs(ctx, project, lrs[:ctx.runs], experiment=True)
     edited, _, _, _ = _lr_runs(ctx, project, lrs[ctx.runs:], experiment=False)
+    floors = _floor_runs(ctx, lrs[:ctx.runs])
 
     spans = [stage_spans(result) for result in full]
     totals = [result.seconds for result in full]
@@ -247,7 +271,11 @@ def measure(ctx: Context) -> dict:
         "exp_run": {"command": "dvc exp run -S lr=<new value>", "lr_values": lrs[:ctx.runs],
                     "stages_run": ["train", "evaluate"],
                     "seconds": summary(exp), "train_epochs": exp_epochs, "outside_fit_s": summary(exp_outside),
-                    "parts_s": {name: summary([part[name] for part in exp_parts]) for name in exp_parts[0]}},
+                    "parts_s": {name: summary([part[name] for part in exp_parts]) for name in exp_parts[0]},
+                    "floor": {"what": "the same `dvc exp run -S lr=...` in a project of the same two stages that "
+                                      "only start Python (dvc_s), or only import torch and numpy (dvc_torch_numpy_s), "
+                                      "and copy a file",
+                              **floors}},
         "startup": {"python_s": summary(python_start), "dvc_version_s": summary(dvc_start)},
         "targets": TARGETS,
         "overhead_targets": OVERHEAD_TARGETS,

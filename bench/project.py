@@ -84,6 +84,38 @@ def plain_project(dest: Path, dataset: Dataset, overrides: dict[str, object] | N
 def dvc_project(dest: Path, dataset: Dataset, overrides: dict[str, object] | None = None) -> Path:
     """plain_project, then `git init`, `dvc init` and a first commit, as a user's clone would be."""
     plain_project(dest, dataset, overrides)
+    return _committed(dest)
+
+
+def floor_project(dest: Path, train_imports: str, evaluate_imports: str) -> Path:
+    """A DVC project of the exp-run loop's shape and nothing else: a `train` stage that reads the top-level `lr`
+    param and writes a file, and an `evaluate` stage that reads that file, each a Python process importing only
+    the modules named (comma-separated; "" for none). What `dvc exp run -S lr=...` takes here, no project code
+    runs at all."""
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def command(imports: str, source: str, target: str) -> str:
+        code = (f"import {imports}; " if imports else "") + \
+            f"import shutil; shutil.copyfile('{source}', '{target}')"
+        return f'python -c "{code}"'
+
+    stages = {
+        "train": {"cmd": command(train_imports, "params.yaml", "trained.txt"), "params": ["lr"],
+                  "outs": ["trained.txt"]},
+        "evaluate": {"cmd": command(evaluate_imports, "trained.txt", "evaluated.txt"), "deps": ["trained.txt"],
+                     "outs": ["evaluated.txt"]},
+    }
+    (dest / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False), encoding="utf-8")
+    (dest / "params.yaml").write_text(f"lr: {read_params(ROOT)['lr']}\n", encoding="utf-8")
+    _committed(dest)
+    run([tool("dvc"), "repro"], dest)
+    run(["git", "add", "-A"], dest, env=child_env())
+    run(["git", "commit", "-q", "-m", "results"], dest, env=child_env())
+    return dest
+
+
+def _committed(dest: Path) -> Path:
+    """`git init`, `dvc init` and a first commit of what is in `dest`."""
     env = child_env()
     for args in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.email", "bench@example.invalid"],
                  ["git", "config", "user.name", "bench"], [tool("dvc"), "init", "-q"], ["git", "add", "-A"],

@@ -126,12 +126,17 @@ def _targets(sections: dict) -> list[str]:
             if exp["outside_fit_s"]["median"] > overhead["exp_run_outside_fit_s"]:
                 evaluate = stages["evaluate"]["alone_s"]["median"]
                 bookkeeping = exp["outside_fit_s"]["median"] - train_rest - evaluate
+                floor = exp.get("floor")
                 bounds.append(
                     f"`dvc exp run` outside the training loop ({number(exp['outside_fit_s']['median'], ' s')}): "
                     f"the train stage around its loop about {number(train_rest, ' s')} (its imports alone "
                     f"{number(stages['train']['import_s']['median'], ' s')}), the evaluate stage "
                     f"{number(evaluate, ' s')}, and DVC (the experiment's Git bookkeeping and hashing) the remaining "
-                    f"{number(bookkeeping, ' s')}.")
+                    f"{number(bookkeeping, ' s')}."
+                    + (f" The floor: the same command in a project of the same two stages that only import torch "
+                       f"and numpy takes {number(floor['dvc_torch_numpy_s']['median'], ' s')} "
+                       f"({number(floor['dvc_s']['median'], ' s')} of it DVC's, with stages that only start "
+                       "Python), before any data is read, any metric computed or anything tracked." if floor else ""))
         if noop["seconds"]["median"] > targets["noop_s"]:
             bounds.append(f"no-op `dvc repro`: DVC's start-up alone (`dvc --version`) takes "
                           f"{number(pipeline['startup']['dvc_version_s']['median'], ' s')}; the rest is DVC reading "
@@ -262,6 +267,12 @@ def _pipeline(results: dict) -> list[str]:
                   "own steps in reports/timing/, DVC's share is what is left):", "",
                   "| part | seconds |", "| --- | --- |"]
         lines += [f"| {EXP_PARTS.get(name, name)} | {fig(value)} |" for name, value in exp["parts_s"].items()]
+    if "floor" in exp:
+        floor = exp["floor"]
+        lines += ["", f"**The loop's floor**: {floor['what']}; no project code runs.", "",
+                  "| `dvc exp run -S lr=…` in a project of the same shape | seconds |", "| --- | --- |",
+                  f"| stages that only start Python: DVC's own share | {fig(floor['dvc_s'])} |",
+                  f"| stages that only import torch (train) and numpy (evaluate) | {fig(floor['dvc_torch_numpy_s'])} |"]
     return lines
 
 
