@@ -272,9 +272,9 @@ def measure(ctx: Context) -> dict:
                     "stages_run": ["train", "evaluate"],
                     "seconds": summary(exp), "train_epochs": exp_epochs, "outside_fit_s": summary(exp_outside),
                     "parts_s": {name: summary([part[name] for part in exp_parts]) for name in exp_parts[0]},
-                    "floor": {"what": "the same `dvc exp run -S lr=...` in a project of the same two stages that "
-                                      "only start Python (dvc_s), or only import torch and numpy (dvc_torch_numpy_s), "
-                                      "and copy a file",
+                    "floor": {"what": "the same `dvc exp run -S lr=...` in a project of the same two stages, each "
+                                      "of which only starts Python, or only imports torch (train) and numpy "
+                                      "(evaluate), and copies a file",
                               **floors}},
         "startup": {"python_s": summary(python_start), "dvc_version_s": summary(dvc_start)},
         "targets": TARGETS,
