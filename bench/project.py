@@ -14,6 +14,7 @@ from pipeline.params import with_values
 from spotify_genre.errors import ParamsError
 
 ROOT = Path(__file__).resolve().parents[1]
+# What a copy of the pipeline needs, here and in the tests' temporary projects (tests/conftest.py).
 PROJECT_FILES = ("spotify_genre", "pipeline", "stages", "experiments", "dvc.yaml", "params.yaml", "tuning.yaml",
                  ".gitignore", ".dvcignore")
 REAL_ROWS = 32_833

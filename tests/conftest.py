@@ -16,6 +16,7 @@ import stages  # noqa: F401  (the numerics pin, before any test module imports n
 import pytest
 import yaml
 
+from bench.project import PROJECT_FILES
 from pipeline.params import with_values as with_overrides
 from pipeline.tools import child_env
 from spotify_genre import numerics
@@ -39,8 +40,6 @@ REAL_ZIP_CANDIDATES = (
     ROOT.parent / "shared" / "data" / "spotify_songs.zip",
 )
 REAL_CSV_SHA256 = "9902920cfe4940f0914ebb6716801a42f7f19ac88fbd6693eaae7e2822b16845"
-PROJECT_FILES = ("spotify_genre", "pipeline", "stages", "experiments", "dvc.yaml", "params.yaml", "tuning.yaml",
-                 ".gitignore", ".dvcignore")
 
 
 # The files that take longest, first (by their worker time in a `make test` of 2026-12-07): `make test` runs the
