@@ -1,7 +1,8 @@
 """dvc.yaml's code deps cannot drift: each stage lists exactly the project modules its code imports (tests/imports.py
-walks them with `ast`), a library subpackage as its folder, which DVC hashes without the bytecode beside it. And the layout holds: imports point one way (library <- fit-side <- stages and experiment
-tools <- bench), with no circle, not even through a late import; the library never names the clone, not even to run
-it; stages/ holds the stage entry points alone."""
+walks them with `ast`), a library subpackage as its folder, which DVC hashes without the bytecode beside it. And the
+layout holds: imports point one way (library <- fit-side <- stages and experiment tools <- bench), with no circle, not
+even through a late import; the library never names the clone, not even to run it; stages/ holds the stage entry
+points alone."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ import yaml
 
 from tests.conftest import ROOT, run
 from tests.imports import (BENCH, EXPERIMENTS, FIT_SIDE, LAYERS, LIBRARY, STAGES, closure, code_deps, cycles,
-                           declared_code_deps,
-                           import_graph, imported_modules, module_file, stage_modules)
+                           declared_code_deps, import_graph, imported_modules, module_file, stage_modules)
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
@@ -54,7 +54,7 @@ def test_a_subpackage_is_one_dep_and_its_bytecode_is_no_dep():
     assert not [dep for dep in deps if dep.startswith("spotify_genre/model/")]
     pyc = "spotify_genre/model/__pycache__/network.cpython-311.pyc"
     ignored = run(["dvc", "check-ignore", "-q", pyc], ROOT, check=False)
-    assert ignored.returncode == 0, f"DVC would hash {pyc} into the spotify_genre/model dep: .dvcignore lacks __pycache__/"
+    assert ignored.returncode == 0, f"DVC would hash {pyc} into spotify_genre/model: .dvcignore lacks __pycache__/"
     assert run(["dvc", "check-ignore", "-q", "spotify_genre/model/network.py"], ROOT, check=False).returncode == 1
 
 
