@@ -51,26 +51,28 @@ def write_study(folder: Path, **changes) -> dict:
     return settings
 
 
-@pytest.fixture
-def workdir(synthetic_pipeline: Path, tmp_path: Path, monkeypatch) -> Path:
+def study_folder(synthetic_pipeline: Path, folder: Path) -> Path:
     """params.yaml and data/processed/ of the synthetic pipeline, and nothing else: what a study reads."""
-    folder = tmp_path / "tune"
     (folder / "data").mkdir(parents=True)
     shutil.copy(synthetic_pipeline / "params.yaml", folder / "params.yaml")
     shutil.copytree(synthetic_pipeline / "data" / "processed", folder / "data" / "processed")
     write_study(folder)
+    return folder
+
+
+@pytest.fixture
+def workdir(synthetic_pipeline: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A study_folder, the current directory for the test."""
+    folder = study_folder(synthetic_pipeline, tmp_path / "tune")
     monkeypatch.chdir(folder)
     return folder
 
 
 @pytest.fixture(scope="module")
 def one_trial(synthetic_pipeline: Path, tmp_path_factory) -> Path:
-    """A workdir whose study `small` has run its first trial: what the tests of a refused second run start from."""
-    folder = tmp_path_factory.mktemp("one-trial") / "tune"
-    (folder / "data").mkdir(parents=True)
-    shutil.copy(synthetic_pipeline / "params.yaml", folder / "params.yaml")
-    shutil.copytree(synthetic_pipeline / "data" / "processed", folder / "data" / "processed")
-    write_study(folder)
+    """A study_folder whose study `small` has run its first trial: what the tests of a refused second run start
+    from."""
+    folder = study_folder(synthetic_pipeline, tmp_path_factory.mktemp("one-trial") / "tune")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
         assert tune.main(["--trials", "1"]) == 0
