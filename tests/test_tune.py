@@ -24,6 +24,7 @@ from optuna.trial import TrialState  # noqa: E402  (after the skip: optuna may b
 
 from experiments import tune  # noqa: E402
 from experiments.space import dvc_overrides, load_settings, search_space  # noqa: E402
+from experiments.study_report import is_surplus  # noqa: E402
 from tests.conftest import BIN, ROOT, copy_project, run, tool_env, write_params  # noqa: E402
 
 # The heartbeat and its retry callback, which these tests exercise, are marked experimental in Optuna.
@@ -184,11 +185,38 @@ def test_two_workers_finish_one_study_with_no_trial_lost_or_run_twice(workdir):
     result = run([sys.executable, "-m", "experiments.tune", "--workers", "2"], workdir, env=child_env())
 
     study = study_of(workdir)
-    assert [trial.state for trial in study.trials] == [TrialState.COMPLETE] * 6
+    # Both workers may ask for the last planned trial at once: the later one is recorded as not run, never run.
+    surplus = [trial for trial in study.trials if is_surplus(trial)]
+    trials = [trial for trial in study.trials if not is_surplus(trial)]
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 6
+    assert all(trial.number >= 6 and not trial.params for trial in surplus)
     ran = re.findall(r"^\[worker (\d)\] trial (\d+): complete", result.stdout, flags=re.MULTILINE)
     assert sorted(int(number) for _, number in ran) == list(range(6)), "each trial run exactly once"
     assert {worker for worker, _ in ran} == {"1", "2"}, "both workers ran trials"
-    assert len({json.dumps(trial.params, sort_keys=True) for trial in study.trials}) == 6, "no params drawn twice"
+    assert len({json.dumps(trial.params, sort_keys=True) for trial in trials}) == 6, "no params drawn twice"
+
+
+def test_a_trial_asked_for_after_the_last_planned_one_is_recorded_not_run_and_left_out(after_one_trial):
+    """What the race between two workers leaves, made certain: the study's other planned trials are held by a
+    worker, so the trial asked for next is the surplus one."""
+    from experiments import study as studies
+    from experiments.study_report import summarise, trial_table
+
+    settings = load_settings(after_one_trial / "tuning.yaml")
+    raw = yaml.safe_load((after_one_trial / "params.yaml").read_text())
+    space = search_space(settings, raw)
+    study = study_of(after_one_trial)
+    held = [study.ask() for _ in range(settings.trials - 1)]  # running, as in another worker
+
+    trial = studies._run_one(study, studies.Objective(raw, space, settings.trials))
+
+    assert is_surplus(trial) and trial.number == settings.trials and not trial.params
+    assert trial.user_attrs == {"note": "not run: the study already had its planned trials"}
+    assert trial.number not in set(trial_table(study, space)["trial"])
+    for running in held:
+        study.tell(running, 1.0)
+    summary = summarise(study, settings.trials)
+    assert (summary.finished, summary.surplus, summary.failed) == (settings.trials, 1, 0)
 
 
 def _wait_for(condition, process: subprocess.Popen, timeout: float = 120.0) -> None:
