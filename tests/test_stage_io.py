@@ -1,0 +1,126 @@
+"""Each stage, run under strace on a copy of the synthetic pipeline, opens no project file that dvc.yaml does not
+declare: it reads only its deps, its params file and its own outs, and what it leaves written is its outs. A file
+read but not declared is a dep DVC cannot see, so a change to it would leave the stage's results stale."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import copy_project, run, tool_env, write_params
+
+STRACE = shutil.which("strace")
+
+# Repository metadata, not data: DVCLive opens the repository it logs into.
+METADATA = (".git", ".dvc", "dvc.yaml", "dvc.lock", ".dvcignore", ".gitignore")
+# What the stages write outside DVC by design: their run-to-run timings, git-ignored (.gitignore).
+SIDE_OUTPUTS = ("reports/timing",)
+# A model that reads the split stage's text fields too: the widest set of files the train stage can read.
+TEXT_ENCODER = {"train.text_encoder.kind": "gru", "train.text_encoder.max_chars": 8,
+                "train.text_encoder.hidden": 4, "train.text_encoder.embedding_dim": 4, "train.max_epochs": 2}
+
+OPENED = re.compile(r'^\d+ +openat\(.*, (O_[A-Z_|]+)(?:, \d+)?\) = \d+<(.+)>$')
+RENAMED = re.compile(r'^\d+ +rename(?:at2?)?\((.*)\) = 0$')
+MADE = re.compile(r'^\d+ +mkdir(?:at)?\((.*)\) = 0$')
+# The paths of rename and mkdir, each after the folder it is relative to where the call names one (a dirfd).
+CALL_PATH = re.compile(r'(?:(?:AT_FDCWD|\d+)<([^>]*)>, )?"((?:[^"\\]|\\.)*)"')
+
+
+def traced(command: str, project: Path, log: Path) -> None:
+    """Run `command` in `project` under strace, each opened file descriptor shown with the path it resolved to."""
+    run([STRACE, "-f", "--seccomp-bpf", "-qq", "-y", "-s", "4096", "-e", "trace=openat,rename,renameat,renameat2,mkdir,mkdirat", "-o", str(log),
+         "sh", "-c", command], project)
+
+
+def opened(log: Path, project: Path) -> tuple[set[str], set[str]]:
+    """(project files read, project files left written), relative to the project. A file read after it was moved
+    counts as the file it was moved from; a file written and then moved, as the file it was moved onto; a compiled
+    module, as its source. Folders listed are not reads, nor are the stage's own files and folders in the making."""
+    reads, writes, made, moved_from = set(), [], [], {}
+    for line in log.read_text().splitlines():
+        if found := OPENED.match(line):
+            flags, path = found[1], inside(Path(found[2]), project)
+            if path is None or "O_DIRECTORY" in flags or (project / path).is_dir():
+                continue
+            if re.search(r"O_WRONLY|O_RDWR|O_CREAT", flags):
+                writes.append(path)
+            elif path not in writes and not covered(path, made):
+                reads.add(compiled_source(moved(path, moved_from)))
+        elif found := RENAMED.match(line):
+            paths = [inside(Path(folder or project) / name, project) for folder, name in CALL_PATH.findall(found[1])]
+            if len(paths) == 2 and None not in paths:
+                old, new = paths
+                moved_from[new] = moved(old, moved_from)
+                writes = [moved(path, {old: new}) for path in writes]
+        elif found := MADE.match(line):
+            made.extend(path for folder, name in CALL_PATH.findall(found[1])
+                        if (path := inside(Path(folder or project) / name, project)) is not None)
+    return reads, {path for path in writes if (project / path).is_file()}
+
+
+def moved(path: str, renames: dict[str, str]) -> str:
+    """`path` with the first of `renames` ({from: to}, files or folders) that holds it applied."""
+    for before, after in renames.items():
+        if path == before or path.startswith(before + "/"):
+            return after + path[len(before):]
+    return path
+
+
+def inside(path: Path, project: Path) -> str | None:
+    """`path` relative to the project, or None where it lies outside or in the repository's metadata."""
+    resolved = (project / path).resolve()
+    if not resolved.is_relative_to(project) or resolved == project:
+        return None
+    relative = resolved.relative_to(project).as_posix()
+    return None if relative.split("/")[0] in METADATA else relative
+
+
+def compiled_source(path: str) -> str:
+    """`pkg/__pycache__/name.cpython-311.pyc` -> `pkg/name.py`: the source its bytecode stands for."""
+    found = re.fullmatch(r"(.*?)__pycache__/([^/.]+)\.[^/]+\.pyc", path)
+    return f"{found[1]}{found[2]}.py" if found else path
+
+
+def covered(path: str, declared: list[str]) -> bool:
+    return any(path == entry or path.startswith(entry.rstrip("/") + "/") for entry in declared)
+
+
+def out_paths(stage: dict) -> list[str]:
+    return [next(iter(out)) if isinstance(out, dict) else out for out in stage.get("outs", [])]
+
+
+@pytest.fixture(scope="module")
+def project(synthetic_pipeline: Path, tmp_path_factory) -> Path:
+    folder = copy_project(synthetic_pipeline, tmp_path_factory.mktemp("stage-io") / "project")
+    write_params(folder, TEXT_ENCODER)
+    return folder
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(STRACE is None, reason="strace is absent (apt-get install strace)")
+def test_every_stage_opens_only_the_files_dvc_yaml_declares(project, tmp_path):
+    probe = subprocess.run([STRACE, "-f", "-qq", "-o", "/dev/null", "true"], capture_output=True, text=True,
+                           env=tool_env())
+    if probe.returncode != 0:
+        pytest.skip(f"strace cannot trace here: {probe.stderr.strip()[:200]}")
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    undeclared = {}
+    for name, stage in stages.items():
+        log = tmp_path / f"{name}.strace"
+        traced(stage["cmd"], project, log)
+        reads, writes = opened(log, project)
+        outs = out_paths(stage)
+        assert "params.yaml" in reads, f"{name}: strace did not see params.yaml read, which every stage checks first"
+        assert all(any(covered(path, [out]) for path in writes) for out in outs), \
+            f"{name}: strace did not see each out written: {sorted(writes)}"
+        declared_reads = [*stage.get("deps", []), "params.yaml", *outs]
+        stray = sorted(path for path in reads if not covered(path, declared_reads))
+        stray += sorted(f"{path} (written)" for path in writes if not covered(path, [*outs, *SIDE_OUTPUTS]))
+        if stray:
+            undeclared[name] = stray
+    assert not undeclared, f"files opened that the stage's deps or outs in dvc.yaml do not list: {undeclared}"
