@@ -1,9 +1,10 @@
-"""The README tells the truth and stays short: its links resolve, a newcomer finds the results, the quickstart and
-predict among its first headings, and any speed table it or docs/ quote is the committed benchmark's (its results
-table is checked against reports/metrics.json in tests/test_evaluate.py)."""
+"""The README tells the truth and stays short: its links resolve, the commands it and docs/ give exist, a newcomer
+finds the results, the quickstart and predict among its first headings, and any speed table it or docs/ quote is
+the committed benchmark's (its results table is checked against reports/metrics.json in tests/test_evaluate.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 
 import pytest
@@ -28,6 +29,17 @@ def test_every_relative_link_resolves(path):
     missing = [link for link in links if "://" not in link and not link.startswith("mailto:")
                and not (path.parent / link).exists()]
     assert not missing
+
+
+@pytest.mark.parametrize("path", README_AND_DOCS, ids=_name)
+def test_every_command_they_give_exists(path):
+    """Each `python -m MODULE` names a module that imports from the project's root, and each `make TARGET` a target
+    of the Makefile (the research log and bench report name commands as they were at the commit they cite)."""
+    text = path.read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), flags=re.MULTILINE))
+    modules = set(re.findall(r"python -m ([A-Za-z_][\w.]*[A-Za-z_\d])(?![\w.<])", text))
+    assert [module for module in sorted(modules) if importlib.util.find_spec(module) is None] == []
+    assert sorted(set(re.findall(r"\bmake ([a-z][\w-]*)", text)) - targets) == []
 
 
 def test_the_readme_links_somewhere():
