@@ -4,6 +4,7 @@ reaches their output."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -90,18 +92,50 @@ def _machine(synthetic_pipeline: Path, folder: Path) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def trials_held(url: str, processes: list[subprocess.Popen]):
+    """Optuna's tables created, and its trials table locked in a transaction of the test's own until every one of
+    `processes` waits for it: each `tune` then starts its first trial at the same moment, however long its start-up
+    took on a loaded machine."""
+    import psycopg
+
+    optuna.storages.RDBStorage(url)  # creates the tables
+    with psycopg.connect(url) as holder, psycopg.connect(url, autocommit=True) as watcher:
+        holder.execute("LOCK TABLE trials IN ACCESS EXCLUSIVE MODE")
+        yield
+        deadline = time.monotonic() + 120
+        try:
+            while watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'optuna' AND "
+                                  "wait_event_type = 'Lock'").fetchone()[0] < len(processes):
+                for process in processes:
+                    if process.poll() is not None:
+                        pytest.fail(f"a tune ended before the study's first trial: {process.communicate()}")
+                assert time.monotonic() < deadline, "the tunes never reached the study's trials"
+                time.sleep(0.1)
+        except BaseException:
+            for process in processes:
+                process.kill()
+                process.communicate()
+            raise
+    # Leaving the block commits the holder's transaction, which frees the table.
+
+
 def test_two_machines_share_one_study_through_postgresql(postgres, synthetic_pipeline, tmp_path):
     machines = [_machine(synthetic_pipeline, tmp_path / name) for name in ("a", "b")]
     env = tool_env(PYTHONPATH=str(ROOT), PGPASSWORD=PASSWORD)
-    processes = [subprocess.Popen([sys.executable, "-m", "experiments.tune", "--storage", postgres,
-                                   "--seed", str(seed)], cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for folder, seed in zip(machines, (100, 200))]
+    url = postgres.replace("tuner@", f"tuner:{PASSWORD}@")
+    processes = []
+    with trials_held(url, processes):
+        processes += [subprocess.Popen([sys.executable, "-m", "experiments.tune", "--storage", postgres,
+                                        "--seed", str(seed)], cwd=folder, env=env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+                      for folder, seed in zip(machines, (100, 200))]
     outputs = [process.communicate(timeout=300) for process in processes]
 
     for process, (out, err) in zip(processes, outputs):
         assert process.returncode == 0, err
         assert PASSWORD not in out + err
-    study = optuna.load_study(study_name="small", storage=postgres.replace("tuner@", f"tuner:{PASSWORD}@"))
+    study = optuna.load_study(study_name="small", storage=url)
     done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(done) == 6, "the two machines finish one study of 6 trials between them"
     assert len({tuple(sorted(trial.params.items())) for trial in done}) == 6, "no params drawn twice"
