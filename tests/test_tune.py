@@ -3,7 +3,9 @@ storages, real worker processes, a real SIGKILL, and the best trials run through
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -24,6 +26,7 @@ from optuna.trial import TrialState  # noqa: E402  (after the skip: optuna may b
 
 from experiments import tune  # noqa: E402
 from experiments.space import dvc_overrides, load_settings, search_space  # noqa: E402
+from experiments.study import LOCK_WAIT_S  # noqa: E402
 from experiments.study_report import is_surplus  # noqa: E402
 from tests.conftest import BIN, ROOT, copy_project, run, tool_env, write_params  # noqa: E402
 
@@ -182,7 +185,22 @@ def test_pruning_stops_trials_in_a_hopeless_region(workdir, capsys):
 @pytest.mark.slow
 def test_two_workers_finish_one_study_with_no_trial_lost_or_run_twice(workdir):
     write_study(workdir, trials=6)
-    result = run([sys.executable, "-m", "experiments.tune", "--workers", "2"], workdir, env=child_env())
+    database = (workdir / "tuning" / "optuna.db").resolve()
+    process = subprocess.Popen([sys.executable, "-m", "experiments.tune", "--workers", "2"], cwd=workdir,
+                               env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        opened = process.stdout.readline()  # the study is open; its workers are starting
+        # Both workers start their first trials at the same moment, however long the start-up of either took on a
+        # loaded machine: the database is locked until each has it open and waits for it.
+        with contextlib.closing(sqlite3.connect(database, isolation_level=None)) as holder:
+            holder.execute("BEGIN EXCLUSIVE")
+            _wait_for(lambda: sum(_has_open(worker, database) for worker in _workers(process.pid)) == 2, process,
+                      timeout=LOCK_WAIT_S - 10)
+            holder.execute("COMMIT")
+        out, err = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
 
     study = study_of(workdir)
     # Both workers may ask for the last planned trial at once: the later one is recorded as not run, never run.
@@ -190,7 +208,7 @@ def test_two_workers_finish_one_study_with_no_trial_lost_or_run_twice(workdir):
     trials = [trial for trial in study.trials if not is_surplus(trial)]
     assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 6
     assert all(trial.number >= 6 and not trial.params for trial in surplus)
-    ran = re.findall(r"^\[worker (\d)\] trial (\d+): complete", result.stdout, flags=re.MULTILINE)
+    ran = re.findall(r"^\[worker (\d)\] trial (\d+): complete", opened + out, flags=re.MULTILINE)
     assert sorted(int(number) for _, number in ran) == list(range(6)), "each trial run exactly once"
     assert {worker for worker, _ in ran} == {"1", "2"}, "both workers ran trials"
     assert len({json.dumps(trial.params, sort_keys=True) for trial in trials}) == 6, "no params drawn twice"
@@ -234,6 +252,14 @@ def _workers(pid: int) -> list[int]:
     """The spawned worker processes of `pid` (not multiprocessing's resource tracker)."""
     children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     return [child for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process `pid` holds a file descriptor on `path`."""
+    try:
+        return any(Path(f"/proc/{pid}/fd/{fd}").resolve() == path for fd in os.listdir(f"/proc/{pid}/fd"))
+    except FileNotFoundError:  # gone, or a descriptor closed while looked at
+        return False
 
 
 def _gone(pid: int) -> bool:
