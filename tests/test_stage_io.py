@@ -15,6 +15,10 @@ import yaml
 from tests.conftest import copy_project, run, tool_env, write_params
 
 STRACE = shutil.which("strace")
+# Children followed, only these calls stopped at (a seccomp filter lets the others run at full speed), each file
+# descriptor shown with the path it resolved to.
+TRACE = ["-f", "--seccomp-bpf", "-qq", "-y", "-s", "4096", "-e",
+         "trace=openat,rename,renameat,renameat2,mkdir,mkdirat"]
 
 # Repository metadata, not data: DVCLive opens the repository it logs into.
 METADATA = (".git", ".dvc", "dvc.yaml", "dvc.lock", ".dvcignore", ".gitignore")
@@ -32,9 +36,7 @@ CALL_PATH = re.compile(r'(?:(?:AT_FDCWD|\d+)<([^>]*)>, )?"((?:[^"\\]|\\.)*)"')
 
 
 def traced(command: str, project: Path, log: Path) -> None:
-    """Run `command` in `project` under strace, each opened file descriptor shown with the path it resolved to."""
-    run([STRACE, "-f", "--seccomp-bpf", "-qq", "-y", "-s", "4096", "-e", "trace=openat,rename,renameat,renameat2,mkdir,mkdirat", "-o", str(log),
-         "sh", "-c", command], project)
+    run([STRACE, *TRACE, "-o", str(log), "sh", "-c", command], project)
 
 
 def opened(log: Path, project: Path) -> tuple[set[str], set[str]]:
@@ -94,9 +96,41 @@ def out_paths(stage: dict) -> list[str]:
     return [next(iter(out)) if isinstance(out, dict) else out for out in stage.get("outs", [])]
 
 
+def test_the_log_reader_follows_moves_and_skips_folders_and_files_in_the_making(tmp_path):
+    """Lines as `strace -y` writes them: a read, a compiled module, a staged file renamed onto an out, a folder
+    listed, a staging folder made and read back, a file read after its folder moved, and a file outside."""
+    project = tmp_path.resolve()
+    (project / "models").mkdir()
+    (project / "models" / "model.pt").write_bytes(b"")
+    cwd = f"AT_FDCWD<{project}>"
+    log = tmp_path / "log"
+    log.write_text("\n".join([
+        f'7 openat({cwd}, "params.yaml", O_RDONLY|O_CLOEXEC) = 3<{project}/params.yaml>',
+        f'7 openat({cwd}, "/usr/lib/x.so", O_RDONLY|O_CLOEXEC) = 3</usr/lib/x.so>',
+        f'7 openat({cwd}, "pkg/__pycache__/mod.cpython-311.pyc", O_RDONLY|O_CLOEXEC) = 3<{project}/pkg/__pycache__/'
+        'mod.cpython-311.pyc>',
+        f'7 openat({cwd}, "models", O_RDONLY|O_NONBLOCK|O_CLOEXEC|O_DIRECTORY) = 3<{project}/models>',
+        f'7 openat({cwd}, "models/.model.pt.7.abcdefgh.tmp", O_RDWR|O_CREAT|O_EXCL|O_CLOEXEC, 0600) = 3<{project}/'
+        'models/.model.pt.7.abcdefgh.tmp>',
+        f'7 openat({cwd}, "models/.model.pt.7.abcdefgh.tmp", O_RDONLY|O_CLOEXEC) = 3<{project}/models/'
+        '.model.pt.7.abcdefgh.tmp>',
+        '7 rename("models/.model.pt.7.abcdefgh.tmp", "models/model.pt") = 0',
+        '7 mkdir("live/.staged", 0700) = 0',
+        f'7 openat({cwd}, "live/.staged/a.tsv", O_RDONLY|O_CLOEXEC) = 3<{project}/live/.staged/a.tsv>',
+        f'8 renameat2({cwd}, "live/plots", {cwd}, "live/.old/plots", RENAME_NOREPLACE) = 0',
+        f'8 openat(4<{project}/live/.old/plots>, "b.tsv", O_RDONLY|O_CLOEXEC) = 5<{project}/live/.old/plots/b.tsv>',
+        f'8 openat({cwd}, "missing.csv", O_RDONLY|O_CLOEXEC) = -1 ENOENT (No such file or directory)',
+    ]) + "\n")
+
+    reads, writes = opened(log, project)
+
+    assert reads == {"params.yaml", "pkg/mod.py", "live/plots/b.tsv"}
+    assert writes == {"models/model.pt"}
+
+
 @pytest.fixture(scope="module")
 def project(synthetic_pipeline: Path, tmp_path_factory) -> Path:
-    folder = copy_project(synthetic_pipeline, tmp_path_factory.mktemp("stage-io") / "project")
+    folder = copy_project(synthetic_pipeline, tmp_path_factory.mktemp("stage-io") / "project").resolve()
     write_params(folder, TEXT_ENCODER)
     return folder
 
@@ -104,7 +138,7 @@ def project(synthetic_pipeline: Path, tmp_path_factory) -> Path:
 @pytest.mark.e2e
 @pytest.mark.skipif(STRACE is None, reason="strace is absent (apt-get install strace)")
 def test_every_stage_opens_only_the_files_dvc_yaml_declares(project, tmp_path):
-    probe = subprocess.run([STRACE, "-f", "-qq", "-o", "/dev/null", "true"], capture_output=True, text=True,
+    probe = subprocess.run([STRACE, *TRACE, "-o", "/dev/null", "true"], capture_output=True, text=True,
                            env=tool_env())
     if probe.returncode != 0:
         pytest.skip(f"strace cannot trace here: {probe.stderr.strip()[:200]}")
