@@ -1,9 +1,11 @@
-"""Each stage, run under strace on a copy of the synthetic pipeline, opens no project file that dvc.yaml does not
-declare: it reads only its deps, its params file and its own outs, and what it leaves written is its outs. A file
-read but not declared is a dep DVC cannot see, so a change to it would leave the stage's results stale."""
+"""Each stage, run under strace on a copy of the synthetic pipeline, uses nothing that dvc.yaml does not declare:
+it opens only its deps, its params file and its own outs, leaves written only its outs, and reads only the keys of
+params.yaml that its `params` list. A file or param read but not declared is a dep DVC cannot see, so a change to
+it would leave the stage's results stale."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -34,9 +36,34 @@ MADE = re.compile(r'^\d+ +mkdir(?:at)?\((.*)\) = 0$')
 # The paths of rename and mkdir, each after the folder it is relative to where the call names one (a dirfd).
 CALL_PATH = re.compile(r'(?:(?:AT_FDCWD|\d+)<([^>]*)>, )?"((?:[^"\\]|\\.)*)"')
 
+# `python -m stages.X` as its `__main__` block runs it, but with the params that load_params() returns wrapped so
+# that each top-level key read, by the stage or anything it passes them to, is written to the file named last.
+RECORDING = """
+import importlib, json, sys
+import pipeline.params
 
-def traced(command: str, project: Path, log: Path) -> None:
-    run([STRACE, *TRACE, "-o", str(log), "sh", "-c", command], project)
+class Recorded:
+    def __init__(self, params):
+        object.__setattr__(self, "params", params)
+
+    def __getattr__(self, name):
+        read.add(name)
+        return getattr(object.__getattribute__(self, "params"), name)
+
+read, load = set(), pipeline.params.load_params
+stage = importlib.import_module(sys.argv[1])
+stage.load_params = lambda *args, **kwargs: Recorded(load(*args, **kwargs))
+try:
+    code = stage.main([])
+finally:
+    with open(sys.argv[2], "w") as file:
+        json.dump(sorted(read), file)
+sys.exit(code)
+"""
+
+
+def traced(module: str, project: Path, log: Path, params_read: Path) -> None:
+    run([STRACE, *TRACE, "-o", str(log), "python", "-c", RECORDING, module, str(params_read)], project)
 
 
 def opened(log: Path, project: Path) -> tuple[set[str], set[str]]:
@@ -137,7 +164,7 @@ def project(synthetic_pipeline: Path, tmp_path_factory) -> Path:
 
 @pytest.mark.e2e
 @pytest.mark.skipif(STRACE is None, reason="strace is absent (apt-get install strace)")
-def test_every_stage_opens_only_the_files_dvc_yaml_declares(project, tmp_path):
+def test_every_stage_uses_only_the_files_and_params_dvc_yaml_declares(project, tmp_path):
     probe = subprocess.run([STRACE, *TRACE, "-o", "/dev/null", "true"], capture_output=True, text=True,
                            env=tool_env())
     if probe.returncode != 0:
@@ -145,8 +172,10 @@ def test_every_stage_opens_only_the_files_dvc_yaml_declares(project, tmp_path):
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     undeclared = {}
     for name, stage in stages.items():
-        log = tmp_path / f"{name}.strace"
-        traced(stage["cmd"], project, log)
+        module = re.fullmatch(r"python -m (stages\.\w+)", stage["cmd"])
+        assert module, f"{name}: cmd {stage['cmd']!r} is not a stage module"
+        log, params_read = tmp_path / f"{name}.strace", tmp_path / f"{name}.params.json"
+        traced(module[1], project, log, params_read)
         reads, writes = opened(log, project)
         outs = out_paths(stage)
         assert "params.yaml" in reads, f"{name}: strace did not see params.yaml read, which every stage checks first"
@@ -155,6 +184,9 @@ def test_every_stage_opens_only_the_files_dvc_yaml_declares(project, tmp_path):
         declared_reads = [*stage.get("deps", []), "params.yaml", *outs]
         stray = sorted(path for path in reads if not covered(path, declared_reads))
         stray += sorted(f"{path} (written)" for path in writes if not covered(path, [*outs, *SIDE_OUTPUTS]))
+        keys = json.loads(params_read.read_text())
+        assert keys, f"{name}: no key of params.yaml seen read"
+        stray += sorted(f"params.yaml: {key}" for key in keys if key not in stage.get("params", []))
         if stray:
             undeclared[name] = stray
-    assert not undeclared, f"files opened that the stage's deps or outs in dvc.yaml do not list: {undeclared}"
+    assert not undeclared, f"what each stage used that its deps, params or outs in dvc.yaml do not list: {undeclared}"
