@@ -40,13 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__,
         epilog="Sections: pipeline (dvc repro, no-op repro, dvc exp run), peers (the baselines stage on the "
-               "development split seeds: validation scores beside the settings before, and its time), training (the train stage's loop against "
-               "a plain DataLoader), numerics (the train loop with and without the numerics pin), scaling (1x/10x/100x "
-               "synthetic rows: time and peak memory per stage), predict "
+               "development split seeds: validation scores beside the settings before, and its time), training "
+               "(the train stage's loop against a plain DataLoader), numerics (the train loop with and without the "
+               "numerics pin), scaling (1x/10x/100x synthetic rows: time and peak memory per stage), predict "
                "(100,000 rows), catalogue (predict streamed over 100k, 1M and 10M songs; CSV, .csv.gz and "
-               "Parquet), serving (`spotify-genre serve`: one song a request from 16 clients, 1,000 songs a request, beside "
-               "predict's rows/s), tuning (`python -m experiments.tune`, 50 trials on 2 workers, once), cuda (CPU against GPU; "
-               "skipped without one). --only merges its sections into the "
+               "Parquet), serving (`spotify-genre serve`: one song a request from 16 clients, 1,000 songs a "
+               "request, beside predict's rows/s), tuning (`python -m experiments.tune`, 50 trials on 2 workers, "
+               "once), cuda (CPU against GPU; skipped without one). --only merges its sections into the "
                "existing report.")
     parser.add_argument("--quick", action="store_true",
                         help="one run each and small sizes, for trying the harness; writes to reports/bench/ unless "

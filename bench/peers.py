@@ -40,7 +40,8 @@ def measure(ctx: Context) -> dict:
         for name, model in report["models"].items():
             scores.setdefault(name, []).append((model["val"]["accuracy"], model["val"]["f1_macro"]))
     means = {name: [round(fmean(pair[i] for pair in pairs), 4) for i in (0, 1)] for name, pairs in scores.items()}
-    return {"seeds": list(seeds), "val_scores": {name: [list(pair) for pair in pairs] for name, pairs in scores.items()},
+    return {"seeds": list(seeds),
+            "val_scores": {name: [list(pair) for pair in pairs] for name, pairs in scores.items()},
             "val_means": means, "before": {name: list(pair) for name, pair in BEFORE.items()},
             "allowance": ALLOWANCE, "stage_s": summary(stage_seconds),
             "command": "python -m stages.baselines, after split, select and preprocess with split.seed set"}

@@ -277,7 +277,8 @@ def _pipeline(results: dict) -> list[str]:
 
 
 EXP_PARTS = {
-    "dvc_outside_stages_s": "DVC outside the stages (experiment bookkeeping, reading dvc.yaml and dvc.lock, the lock file)",
+    "dvc_outside_stages_s": "DVC outside the stages (experiment bookkeeping, reading dvc.yaml and dvc.lock, the "
+                            "lock file)",
     "train_startup_s": "train: start-up and imports (torch)",
     "train_fit_s": "train: the fit (`fit_seconds`)",
     "train_predictions_s": "train: val and test probabilities for evaluate",
@@ -417,8 +418,9 @@ def _pipeline_beside(results: dict, before: dict) -> list[str]:
 
 BESIDE = {"pipeline": _pipeline_beside}
 
-RENDER = {"pipeline": _pipeline, "peers": peers_markdown, "training": _training, "numerics": _numerics, "scaling": _scaling, "predict": _predict,
-          "catalogue": catalogue_markdown, "serving": serving_markdown, "tuning": tuning_markdown, "cuda": _cuda}
+RENDER = {"pipeline": _pipeline, "peers": peers_markdown, "training": _training, "numerics": _numerics,
+          "scaling": _scaling, "predict": _predict, "catalogue": catalogue_markdown, "serving": serving_markdown,
+          "tuning": tuning_markdown, "cuda": _cuda}
 
 
 def markdown(document: dict) -> str:

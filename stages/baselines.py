@@ -77,8 +77,7 @@ def fit_baselines(splits: dict[str, ProcessedSplit],
     try:
         finished, _ = wait(started.values(), return_when=FIRST_EXCEPTION)
         for future in finished:
-            if future.exception() is not None:
-                raise future.exception()
+            future.result()  # raises the first failure, without waiting for the fits still running
         done = {name: started[name].result() for name in params.models}
     except BaseException:
         failed.set()

@@ -24,10 +24,11 @@ PEERS = ["majority", "hist_gradient_boosting", "lightgbm", "xgboost"]
 # Small and quick: a few dozen rounds before the validation loss stops improving.
 QUICK = {
     "lightgbm": {"target": "genre", "learning_rate": 0.1, "num_leaves": 15, "min_data_in_leaf": 10,
-                 "feature_fraction": 0.75, "bagging_fraction": 0.75, "lambda_l2": 1.0, "max_bin": 255, "max_rounds": 400,
-                 "early_stopping_rounds": 10},
+                 "feature_fraction": 0.75, "bagging_fraction": 0.75, "lambda_l2": 1.0, "max_bin": 255,
+                 "max_rounds": 400, "early_stopping_rounds": 10},
     "xgboost": {"target": "genre", "learning_rate": 0.1, "max_depth": 4, "min_child_weight": 1.0, "subsample": 0.8,
-                "colsample_bytree": 0.8, "reg_lambda": 1.0, "max_bin": 256, "max_rounds": 400, "early_stopping_rounds": 10},
+                "colsample_bytree": 0.8, "reg_lambda": 1.0, "max_bin": 256, "max_rounds": 400,
+                "early_stopping_rounds": 10},
 }
 
 
